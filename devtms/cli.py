@@ -1,0 +1,59 @@
+"""The `devtms` command: a thin parser over the stage commands in devtms/commands/.
+
+Each module in devtms/commands/ defines `register(subparsers)`, adding one subcommand whose
+handler validates all input before writing anything.
+
+Exit status: 0 success, 2 bad input (one line on stderr, nothing written), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from devtms import __version__
+from devtms.errors import UserError
+
+# In the order `devtms --help` lists them.
+COMMANDS = ["activations", "train"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (exit status 2) instead of a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="devtms",
+        description="Developmental interpretability for toy models of superposition: train "
+                    "27 activation variants as one batched job, estimate the local learning "
+                    "coefficient at every checkpoint, analyze geometry and phase transitions, "
+                    "and report.",
+    )
+    parser.add_argument("--version", action="version", version=f"devtms {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"devtms.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"devtms {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("devtms: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""devtms train: a config or preset into a run directory, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from devtms.commands import add_device
+from devtms.errors import UserError
+
+DEFAULT_RUNS = Path("runs")
+
+EPILOG = """\
+examples:
+  devtms train quick                      # a packaged preset, into runs/quick
+  devtms train my_study.toml --out runs/s1
+  devtms train quick --resume             # continue an interrupted run
+
+presets: {presets}
+
+A run trains every combination activation x sparsity x importance_ratio x seed as one
+batched job and saves all instances at each checkpoint step (log-spaced and/or linear).
+Write your own config by copying a preset from devtms/presets/. Set TQDM_DISABLE=1 to
+silence progress bars.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from devtms.config import preset_names
+
+    p = sub.add_parser(
+        "train", help="train a config or preset into a run directory",
+        description="Train every instance of a config as one batched job, checkpointing on a "
+                    "schedule into a run directory (run.json, instances.csv, checkpoints/, "
+                    "train_log.csv).",
+        epilog=EPILOG.format(presets=", ".join(preset_names())),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", metavar="CONFIG_OR_PRESET", help="a TOML file or a preset name")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last good checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an existing run in --out")
+    add_device(p)
+    p.set_defaults(func=run)
+
+
+def prepare_run_dir(config_arg: str, out: Path | None, resume: bool, force: bool):
+    """Validate the config and the output directory; writes nothing.
+
+    -> (config, out, action) with action "create", "replace" or "resume".
+    """
+    from devtms.config import load_config
+    from devtms.store import RUN_JSON, RunDir
+
+    config = load_config(config_arg)
+    out = out if out is not None else DEFAULT_RUNS / config.name
+    if resume and force:
+        raise UserError("--resume and --force contradict each other: pick one")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    is_run = (out / RUN_JSON).is_file()
+    if out.is_dir() and not is_run and any(p.name != ".lock" for p in out.iterdir()):
+        raise UserError(f"--out {out} is a non-empty directory that is not a devtms run; "
+                        "refusing to write into it")
+    if not is_run:
+        return config, out, "create"
+    if force:
+        return config, out, "replace"
+    run = RunDir.open(out)
+    if run.config != config:
+        raise UserError(f"{out} holds a run with a different config; use another --out, or "
+                        "--force to replace it")
+    if not resume:
+        state = "complete" if run.stage_done("train") else "interrupted"
+        raise UserError(f"{out} already holds a run ({state}); pass --resume to continue it "
+                        "or --force to replace it")
+    return config, out, "resume"
+
+
+def clear_run_dir(path: Path) -> None:
+    """Remove a run directory's contents (called only on a directory holding run.json)."""
+    for child in path.iterdir():
+        if child.name == ".lock":
+            continue
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def run(args: argparse.Namespace) -> int:
+    from devtms.config import instance_table
+    from devtms.store import RunDir, lock_dir
+    from devtms.train import train_run
+
+    config, out, action = prepare_run_dir(args.config, args.out, args.resume, args.force)
+    with lock_dir(out, "devtms train"):
+        if action == "replace":
+            clear_run_dir(out)
+        run_dir = (RunDir.open(out) if action == "resume"
+                   else RunDir.create(out, config, instance_table(config)))
+        if run_dir.stage_done("train"):
+            print(f"{out}: training already complete ({config.train.steps} steps)")
+            return 0
+        train_run(run_dir, device=args.device)
+    diverged = run_dir.stage("train").get("diverged", [])
+    print(f"trained {len(run_dir.instances)} instances for {config.train.steps} steps -> {out}")
+    if diverged:
+        shown = ", ".join(map(str, diverged[:20])) + (" ..." if len(diverged) > 20 else "")
+        print(f"warning: {len(diverged)} instance(s) diverged (non-finite weights; flagged in "
+              f"run.json and the report): {shown}", file=sys.stderr)
+    return 0

@@ -1,0 +1,157 @@
+"""Feature generators and the batched data streams of a run.
+
+Three generators (SCIENCE.md section 1), each returning `(samples, n)`:
+
+- sparse-uniform: each feature independently U[0, 1) with probability p = 1 - S, else 0
+- single-feature: one feature, chosen uniformly, with magnitude U[0, 1); the others 0
+- one-hot-binary: one feature, chosen uniformly, set to 1
+
+A run's data depends only on each instance's (seed, sparsity): instances that differ only
+in activation or importance see identical samples (common random numbers, so comparisons
+across activations are paired). Streams are stateless in the step: `batch(step)` is a pure
+function of the step, which is what makes resume exact and sharding free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from devtms.rng import generator
+
+Tensor = torch.Tensor
+
+# Fresh-data runs draw this many steps' batches at once per data key (amortises the RNG calls).
+# It depends only on (batch_size, n) so a shard of a run draws the same numbers as the whole run.
+_BLOCK_FLOATS = 2**20
+
+
+def sample_features(
+    kind: str, samples: int, n: int, feature_probability: float, gen: torch.Generator
+) -> Tensor:
+    """Draw `(samples, n)` feature vectors from one of the three generators."""
+    if kind == "sparse-uniform":
+        values, keep = torch.rand((2, samples, n), generator=gen)
+        return values * (keep < feature_probability)
+    index = torch.randint(n, (samples,), generator=gen)
+    if kind == "single-feature":
+        magnitude = torch.rand((samples,), generator=gen)
+    elif kind == "one-hot-binary":
+        magnitude = torch.ones(samples)
+    else:
+        raise ValueError(f"unknown data kind {kind!r}")
+    x = torch.zeros(samples, n)
+    x[torch.arange(samples), index] = magnitude
+    return x
+
+
+class DataKeys:
+    """Maps instances to the distinct (seed, feature_probability) pairs that determine their data.
+
+    keys: the distinct pairs; index: (instances,) position of each instance's pair in `keys`.
+    """
+
+    def __init__(self, seeds: Sequence[int], feature_probabilities: Sequence[float]):
+        pairs = list(zip((int(s) for s in seeds), (float(p) for p in feature_probabilities),
+                         strict=True))
+        self.keys: list[tuple[int, float]] = list(dict.fromkeys(pairs))
+        position = {k: i for i, k in enumerate(self.keys)}
+        self.index = torch.tensor([position[p] for p in pairs], dtype=torch.long)
+
+    def expand(self, per_key: Tensor) -> Tensor:
+        """(keys, ...) -> (instances, ...)"""
+        return per_key.index_select(0, self.index)
+
+
+def fixed_sets(kind: str, keys: DataKeys, samples: int, n: int, purpose: str) -> Tensor:
+    """A fixed set of `samples` per instance, e.g. the finite training set. -> (instances, samples, n)
+
+    `purpose` ("train", "eval", "llc") keys the random stream, so the sets are independent.
+    """
+    per_key = torch.stack([
+        sample_features(kind, samples, n, p, generator(seed, "data", purpose, kind, samples, n))
+        for seed, p in keys.keys
+    ])  # the stream ignores p: sparsities of one seed share draws (nested masks)
+    return keys.expand(per_key)
+
+
+class FiniteBatches:
+    """Minibatches drawn from a fixed training set, stateless in the step.
+
+    The sample order of instance i is the concatenation of independent permutations of its
+    N samples, one per epoch, seeded by (seed, epoch); step t takes positions [tB, (t+1)B).
+    Batches may straddle an epoch boundary, so every batch has exactly B samples.
+    """
+
+    def __init__(self, train_set: Tensor, seeds: Sequence[int], batch_size: int):
+        self.train_set = train_set  # (instances, N, n)
+        self.batch_size = batch_size
+        self.seeds = [int(s) for s in seeds]
+        self.unique_seeds = list(dict.fromkeys(self.seeds))
+        self.seed_index = torch.tensor([self.unique_seeds.index(s) for s in self.seeds])
+        self._perms: dict[int, Tensor] = {}  # epoch -> (unique_seeds, N)
+
+    def _epoch_perm(self, epoch: int) -> Tensor:
+        if epoch not in self._perms:
+            n_samples = self.train_set.shape[1]
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+            self._perms[epoch] = torch.stack([
+                torch.randperm(n_samples, generator=generator(seed, "batches", epoch))
+                for seed in self.unique_seeds
+            ])
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> Tensor:
+        """(instances, B) sample indices of the batch at `step`."""
+        n_samples = self.train_set.shape[1]
+        positions = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        epochs = positions // n_samples
+        columns = []
+        for epoch in torch.unique(epochs).tolist():
+            offsets = positions[epochs == epoch] % n_samples
+            columns.append(self._epoch_perm(epoch)[:, offsets])
+        per_seed = torch.cat(columns, dim=1)  # (unique_seeds, B)
+        return per_seed.index_select(0, self.seed_index)
+
+    def batch(self, step: int) -> Tensor:
+        """(instances, B, n)"""
+        idx = self.indices(step)
+        return torch.gather(
+            self.train_set, 1, idx[:, :, None].expand(-1, -1, self.train_set.shape[2])
+        )
+
+
+class FreshBatches:
+    """Fresh samples every step, stateless in the step.
+
+    Per data key, the batches of steps [kK, (k+1)K) are drawn together from a generator
+    seeded by (seed, block k). K depends only on (batch_size, n).
+    """
+
+    def __init__(self, kind: str, keys: DataKeys, batch_size: int, n: int):
+        self.kind, self.keys, self.batch_size, self.n = kind, keys, batch_size, n
+        self.block_steps = max(1, min(64, _BLOCK_FLOATS // (batch_size * n)))
+        self._block_id = -1
+        self._block: Tensor | None = None  # (keys, K, B, n)
+
+    def batch(self, step: int) -> Tensor:
+        """(instances, B, n)"""
+        block_id, offset = divmod(step, self.block_steps)
+        if block_id != self._block_id:
+            k, b = self.block_steps, self.batch_size
+            self._block = torch.stack([
+                sample_features(
+                    self.kind, k * b, self.n, p, generator(seed, "fresh", self.kind, b, block_id)
+                ).view(k, b, self.n)
+                for seed, p in self.keys.keys
+            ])
+            self._block_id = block_id
+        return self.keys.expand(self._block[:, offset])
+
+
+def importance_weights(ratios: Sequence[float], n: int) -> Tensor:
+    """I_i = r^i for each instance's ratio r. -> (instances, n)"""
+    r = torch.tensor([float(x) for x in ratios], dtype=torch.float64)[:, None]
+    return (r ** torch.arange(n, dtype=torch.float64)).float()
+

@@ -1,0 +1,13 @@
+"""Errors a user can act on. The CLI prints them as one line and exits with status 2."""
+
+
+class UserError(Exception):
+    """Bad input: a config, a CLI argument, or a run directory that cannot be used as asked.
+
+    The message names the problem (field, value, what is allowed) and, where there is one,
+    the way out (re-run a stage, pass --force).
+    """
+
+
+class RunDirError(UserError):
+    """A run directory that is missing, foreign, incompatible, locked or damaged."""

@@ -1,0 +1,116 @@
+"""The toy model of superposition, batched over instances.
+
+    h  = W x                 hidden: (m,)
+    x' = f(W^T W x + b)      output: (n,)
+
+Axis order, used everywhere in devtms (run files, geometry, LLC, reports):
+
+    W: (instances, m, n)     column W[i, :, j] is feature j's embedding in instance i
+    b: (instances, n)        output bias
+    x: (instances, B, n)     a batch of B samples per instance
+    importance: (instances, n)
+
+This is the transpose of Anthropic's notebook (which stores (instances, n, m)) and matches
+`nn.Linear(n, m).weight` of devinterp's TMS example, so a single instance's W drops into
+an ordinary module unchanged.
+
+Loss per instance: the importance-weighted squared error, reduced over the n features by
+`reduction` ("mean" = torch's MSELoss on one instance, "sum" = Anthropic's sum over
+features), then averaged over the batch. Instances never interact: the gradient of
+`loss(...).sum()` with respect to instance i's parameters is the gradient of its own loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from devtms.activations import Activation, apply_grouped, get_activation
+from devtms.rng import generator
+
+Tensor = torch.Tensor
+Groups = list[tuple[Activation, int, int]]  # from activations.contiguous_groups
+
+
+def forward(W: Tensor, b: Tensor, x: Tensor, groups: Groups) -> Tensor:
+    """x: (I, B, n) -> x': (I, B, n)"""
+    h = torch.bmm(x, W.transpose(1, 2))  # (I, B, m)
+    pre = torch.baddbmm(b[:, None, :], h, W)  # (I, B, n)
+    return apply_grouped(pre, groups)
+
+
+def weighted_error(x: Tensor, out: Tensor, importance: Tensor, reduction: str) -> Tensor:
+    """Per-sample importance-weighted squared error. (..., B, n) -> (..., B)
+
+    importance broadcasts against x: (I, 1, n) for a batch of instances, (n,) for one.
+    """
+    err = importance * (x - out).square()
+    return err.mean(-1) if reduction == "mean" else err.sum(-1)
+
+
+def loss(W: Tensor, b: Tensor, x: Tensor, importance: Tensor, groups: Groups,
+         reduction: str) -> Tensor:
+    """Mean loss over the batch, per instance. -> (I,)"""
+    out = forward(W, b, x, groups)
+    return weighted_error(x, out, importance[:, None, :], reduction).mean(-1)
+
+
+class TMS(nn.Module):
+    """One TMS instance as an ordinary nn.Module (the oracle, and what devinterp samples).
+
+    W: (m, n), b: (n,). Call `.loss(x)` for the same loss the batched code computes.
+    """
+
+    def __init__(self, W: Tensor, b: Tensor, activation: str, importance: Tensor,
+                 reduction: str = "mean", bias: bool = True):
+        super().__init__()
+        self.W = nn.Parameter(W.detach().clone())
+        self.b = nn.Parameter(b.detach().clone(), requires_grad=bias)
+        self.activation: Activation = get_activation(activation)
+        self.register_buffer("importance", importance.detach().clone())
+        self.reduction = reduction
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, n) -> (B, n)"""
+        return self.activation.fn(x @ self.W.T @ self.W + self.b)
+
+    def loss(self, x: Tensor) -> Tensor:
+        return weighted_error(x, self(x), self.importance, self.reduction).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation: a function of each instance's seed only (instances sharing a seed start equal).
+
+
+def init_params(
+    seeds: list[int], n: int, m: int, *, init: str = "xavier", kgon_k: int = 2,
+    kgon_length: float = 1.0, noise: float = 0.0, bias_std: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """-> W: (I, m, n), b: (I, n)
+
+    xavier: W ~ Normal(0, 2 / (m + n)), torch's xavier_normal_ on one (m, n) instance
+            (Anthropic's notebook applies it to the stacked tensor, which ties the scale to
+            the number of instances; devtms does not).
+    kgon:   devinterp's TMS example: the first k columns on a regular k-gon of radius
+            `kgon_length` at a random rotation, the rest zero, plus Normal(0, noise) everywhere.
+    b:      Normal(0, bias_std) (0 by default).
+    """
+    Ws, bs = [], []
+    for seed in seeds:
+        g = generator(seed, "init")
+        if init == "xavier":
+            W = torch.randn(m, n, generator=g) * math.sqrt(2.0 / (m + n))
+        elif init == "kgon":
+            angles = torch.arange(kgon_k) * (2 * math.pi / kgon_k) + torch.rand(1, generator=g) * (
+                2 * math.pi
+            )
+            W = torch.zeros(m, n)
+            W[0, :kgon_k], W[1, :kgon_k] = torch.cos(angles), torch.sin(angles)
+            W = W * kgon_length + torch.randn(m, n, generator=g) * noise
+        else:
+            raise ValueError(f"unknown init {init!r}")
+        Ws.append(W)
+        bs.append(torch.randn(n, generator=g) * bias_std)
+    return torch.stack(Ws), torch.stack(bs)

@@ -1,0 +1,325 @@
+"""The run directory: every file a stage reads or writes goes through here.
+
+    RUN_DIR/
+      run.json            format, resolved config, package versions, status of each stage
+      instances.csv       one row per instance (config.instance_table)
+      checkpoints/        step_00001000.safetensors: all instances stacked (W, b, optimizer state)
+      train_log.csv       step, instance, loss
+      llc.csv, llc_traces/, geometry.csv, transitions.csv, report/   (later stages)
+
+Guarantees:
+- every write goes to a temporary file in the same directory, is fsynced, then renamed over
+  the target: a kill at any moment leaves the old file or the new one, never half of one;
+- checkpoints are safetensors (tensors and string metadata only, no pickle) and carry a
+  sha256 of their tensor bytes, so truncation and alteration are both detected on load;
+- JSON, CSV and safetensors are the only formats read: opening a run never executes code;
+- one process writes a run at a time (`RunDir.lock()`: an flock the kernel drops when the
+  holder dies, so a killed process never leaves the run locked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from devtms import __version__
+from devtms.config import RunConfig, config_from_dict
+from devtms.errors import RunDirError
+
+FORMAT = "devtms-run"
+FORMAT_VERSION = 1
+
+RUN_JSON = "run.json"
+INSTANCES_CSV = "instances.csv"
+CHECKPOINTS = "checkpoints"
+TRAIN_LOG = "train_log.csv"
+LLC_CSV = "llc.csv"
+LLC_TRACES = "llc_traces"
+GEOMETRY_CSV = "geometry.csv"
+TRANSITIONS_CSV = "transitions.csv"
+REPORT_DIR = "report"
+LOCK = ".lock"
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a kill leaves either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def write_csv_atomic(path: Path, table: pd.DataFrame) -> None:
+    write_bytes_atomic(path, table.to_csv(index=False, lineterminator="\n").encode())
+
+
+def read_csv(path: Path, what: str, stage: str) -> pd.DataFrame:
+    """Read a run CSV, refusing a damaged one with the command that repairs it."""
+    path = Path(path)
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        raise RunDirError(
+            f"{path} ends in a torn line (a write was cut off): re-run `{stage}` to rewrite it"
+        )
+    try:
+        return pd.read_csv(io.BytesIO(data))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path} ({what}) is not a readable CSV ({e}): re-run `{stage}`") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: safetensors with a content hash
+
+
+def _content_hash(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def checkpoint_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return st_save(tensors, metadata={**metadata, "sha256": _content_hash(tensors)})
+
+
+def load_checkpoint_file(path: Path) -> dict[str, torch.Tensor]:
+    """Load and verify one checkpoint file; damage of any kind raises RunDirError."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+    except (SafetensorError, ValueError, OSError, UnicodeDecodeError) as e:
+        raise RunDirError(
+            f"checkpoint {path} is damaged or not a safetensors file ({e}); "
+            "re-run `devtms train RUN_CONFIG --out RUN_DIR --resume` to retrain from the last "
+            "good checkpoint"
+        ) from None
+    if metadata.get("sha256") != _content_hash(tensors):
+        raise RunDirError(
+            f"checkpoint {path} fails its content check (altered or damaged); re-run "
+            "`devtms train RUN_CONFIG --out RUN_DIR --resume` to retrain from the last good one"
+        )
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------
+# The run directory
+
+
+def package_versions() -> dict[str, str]:
+    import numpy
+
+    versions = {"devtms": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+                "pandas": pd.__version__, "python": platform.python_version()}
+    try:
+        from importlib.metadata import version
+
+        versions["devinterp"] = version("devinterp")
+    except Exception:  # devinterp is only needed by the reference engine
+        versions["devinterp"] = "not installed"
+    return versions
+
+
+class RunDir:
+    """A run directory on disk. `RunDir.create` makes one; `RunDir.open` validates one."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]):
+        self.path = Path(path)
+        self.meta = meta
+        self.config: RunConfig = config_from_dict(meta["config"])
+        self._instances: pd.DataFrame | None = None
+
+    # -- creating and opening -------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: Path, config: RunConfig, instances: pd.DataFrame) -> RunDir:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": config.to_dict(),
+            "versions": package_versions(),
+            "stages": {},
+        }
+        # instances.csv first: run.json is what makes the directory a run, so it comes last.
+        write_csv_atomic(path / INSTANCES_CSV, instances)
+        write_json_atomic(path / RUN_JSON, meta)
+        return cls(path, meta)
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        path = Path(path)
+        if not path.is_dir():
+            raise RunDirError(f"{path} is not a directory (expected a run directory from "
+                              "`devtms train`)")
+        meta_path = path / RUN_JSON
+        if not meta_path.is_file():
+            raise RunDirError(f"{path} is not a devtms run: it has no {RUN_JSON} "
+                              "(create one with `devtms train CONFIG --out DIR`)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunDirError(f"{meta_path} is not valid JSON ({e}); the run cannot be read: "
+                              "re-create it with `devtms train CONFIG --out DIR --force`") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise RunDirError(f"{meta_path} is not a devtms run file")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise RunDirError(
+                f"{meta_path} has run format version {meta.get('format_version')!r} but this "
+                f"devtms ({__version__}) reads version {FORMAT_VERSION}: re-create the run with "
+                "`devtms train CONFIG --out DIR --force`, or open it with the devtms that made it"
+            )
+        try:
+            return cls(path, meta)
+        except RunDirError:
+            raise
+        except Exception as e:  # a config this devtms cannot read
+            raise RunDirError(f"{meta_path}: its config is not valid for this devtms ({e})") from None
+
+    # -- metadata -------------------------------------------------------------------------
+
+    def save_meta(self) -> None:
+        write_json_atomic(self.path / RUN_JSON, self.meta)
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.meta["stages"].get(name, {})
+
+    def set_stage(self, name: str, **status: Any) -> None:
+        self.meta["stages"][name] = {**self.stage(name), **status}
+        self.save_meta()
+
+    def stage_done(self, name: str) -> bool:
+        return bool(self.stage(name).get("done"))
+
+    @property
+    def instances(self) -> pd.DataFrame:
+        if self._instances is None:
+            self._instances = read_csv(self.path / INSTANCES_CSV, "instances", "devtms train")
+        return self._instances
+
+    # -- locking --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold the run's write lock; a second writer gets a RunDirError at once."""
+        with lock_dir(self.path, command):
+            yield
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def checkpoint_path(self, step: int) -> Path:
+        return self.checkpoint_dir / f"step_{step:08d}.safetensors"
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps with a checkpoint file on disk (not verified), ascending."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        steps = []
+        for p in self.checkpoint_dir.glob("step_*.safetensors"):
+            with contextlib.suppress(ValueError):
+                steps.append(int(p.stem.removeprefix("step_")))
+        return sorted(steps)
+
+    def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor]) -> None:
+        data = checkpoint_bytes(tensors, {"step": str(step), "format": FORMAT})
+        write_bytes_atomic(self.checkpoint_path(step), data)
+
+    def load_checkpoint(self, step: int) -> dict[str, torch.Tensor]:
+        path = self.checkpoint_path(step)
+        if not path.is_file():
+            steps = self.checkpoint_steps()
+            shown = ", ".join(map(str, steps[:8])) + (" ..." if len(steps) > 8 else "")
+            raise RunDirError(f"{self.path} has no checkpoint at step {step}; "
+                              f"steps with checkpoints: {shown or 'none'}")
+        return load_checkpoint_file(path)
+
+    def load_weights(self, steps: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """W: (steps, I, m, n), b: (steps, I, n) of the given checkpoints."""
+        loaded = [self.load_checkpoint(s) for s in steps]
+        return torch.stack([t["W"] for t in loaded]), torch.stack([t["b"] for t in loaded])
+
+    # -- tables ---------------------------------------------------------------------------
+
+    def read_table(self, name: str, stage: str) -> pd.DataFrame | None:
+        """A run CSV (train_log.csv, llc.csv, ...) or None if the stage has not written it."""
+        path = self.path / name
+        if not path.is_file():
+            return None
+        return read_csv(path, name, stage)
+
+    def write_table(self, name: str, table: pd.DataFrame) -> None:
+        write_csv_atomic(self.path / name, table)
+
+
+@contextlib.contextmanager
+def lock_dir(path: Path, command: str) -> Iterator[None]:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise RunDirError(
+                f"{path} is in use by {holder}; wait for it to finish (the lock is released "
+                "when that process exits, even if it is killed)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"`{command}` (pid {os.getpid()})".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,247 @@
+"""The batched trainer: all instances of a run as one tensor program, checkpointed on a schedule.
+
+`BatchTrainer` is the pure core: it holds the stacked parameters and optimizer of a set of
+instances and yields a `Checkpoint` at every scheduled step. It touches no files, so the
+same code trains a whole run in-process or a shard of instances on a Dask worker.
+`train_run` is the local driver: it writes the run directory and resumes an interrupted run.
+
+    W: (I, m, n), b: (I, n) as in devtms.model. Step t's checkpoint holds the weights after
+    t optimizer updates (step 0 is the initialisation).
+
+Resume is exact: data and minibatches are pure functions of (seed, step) (devtms.data), the
+learning rate is a pure function of the step, and the optimizer state is saved in every
+checkpoint, so a resumed run reaches bit-identical weights on the same machine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from devtms import model as tms
+from devtms.activations import contiguous_groups
+from devtms.config import RunConfig
+from devtms.data import DataKeys, FiniteBatches, FreshBatches, fixed_sets, importance_weights
+from devtms.errors import RunDirError
+from devtms.schedule import checkpoint_steps, log_steps_default_every
+from devtms.store import TRAIN_LOG, RunDir
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    tensors: dict[str, Tensor]  # "W", "b" and "optim/<param>/<name>" optimizer state, on CPU
+    log: pd.DataFrame  # step, instance, loss for the logged steps in (previous checkpoint, step]
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the base learning rate at `step` (decays to 0 at `total`)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return 1.0 - step / total
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / total))
+    raise ValueError(f"unknown lr schedule {schedule!r}")
+
+
+def log_every(config: RunConfig) -> int:
+    return config.train.log_every or log_steps_default_every(config.train.steps)
+
+
+def training_data(config: RunConfig, instances: pd.DataFrame) -> tuple[FiniteBatches |
+                                                                       FreshBatches, Tensor]:
+    """The batch stream and the fixed set the logged loss is measured on. -> (stream, (I, S, n))"""
+    d, n = config.data, config.model.n_features
+    keys = DataKeys(instances["seed"], instances["feature_probability"])
+    if d.finite:
+        train_set = llc_data(config, instances)
+        return FiniteBatches(train_set, instances["seed"], config.train.batch_size), train_set
+    stream = FreshBatches(d.kind, keys, config.train.batch_size, n)
+    return stream, fixed_sets(d.kind, keys, d.eval_samples, n, "eval")
+
+
+def llc_data(config: RunConfig, instances: pd.DataFrame) -> Tensor:
+    """The fixed set each instance's LLC is measured on. -> (I, N, n)
+
+    Finite-data runs: the training set itself (identical to what training drew from).
+    Fresh-data runs: a fixed sample of llc.n_samples from the same distribution.
+    """
+    d, n = config.data, config.model.n_features
+    keys = DataKeys(instances["seed"], instances["feature_probability"])
+    if d.finite:
+        return fixed_sets(d.kind, keys, d.n_samples, n, "train")
+    return fixed_sets(d.kind, keys, config.llc.n_samples, n, "llc")
+
+
+class BatchTrainer:
+    """Trains a set of instances (rows of instances.csv) together."""
+
+    def __init__(self, config: RunConfig, instances: pd.DataFrame, device: str = "cpu"):
+        self.config, self.device = config, torch.device(device)
+        self.instance_ids = instances["instance"].to_numpy()
+        self.groups = contiguous_groups(list(instances["activation"]))
+        self.importance = importance_weights(instances["importance_ratio"],
+                                             config.model.n_features).to(self.device)
+        self.batches, eval_set = training_data(config, instances)
+        self.eval_set = eval_set.to(self.device)
+        t, m = config.train, config.model
+        W, b = tms.init_params(
+            [int(s) for s in instances["seed"]], m.n_features, m.n_hidden, init=t.init,
+            kgon_k=t.init_kgon_k, kgon_length=t.init_kgon_length, noise=t.init_noise,
+            bias_std=t.init_bias_std,
+        )
+        self.W = W.to(self.device).requires_grad_(True)
+        self.b = b.to(self.device).requires_grad_(m.bias)
+        self.params = [self.W, self.b] if m.bias else [self.W]
+        self.optimizer = self._make_optimizer()
+        self.step = 0
+        self.schedule = checkpoint_steps(t.steps, config.checkpoints.log_points,
+                                         config.checkpoints.linear_every)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        t = self.config.train
+        if t.optimizer == "sgd":
+            return torch.optim.SGD(self.params, lr=t.lr, momentum=t.momentum,
+                                   weight_decay=t.weight_decay)
+        cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
+        return cls(self.params, lr=t.lr, weight_decay=t.weight_decay)
+
+    # -- state ----------------------------------------------------------------------------
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        tensors = {"W": self.W.detach().cpu().clone(), "b": self.b.detach().cpu().clone()}
+        for index, state in self.optimizer.state_dict()["state"].items():
+            for name, value in state.items():
+                tensors[f"optim/{index}/{name}"] = torch.as_tensor(value).cpu().clone()
+        return tensors
+
+    def load_state(self, tensors: dict[str, Tensor], step: int) -> None:
+        with torch.no_grad():
+            self.W.copy_(tensors["W"])
+            self.b.copy_(tensors["b"])
+        state: dict[int, dict[str, Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim/"):
+                _, index, name = key.split("/", 2)
+                state.setdefault(int(index), {})[name] = value.to(self.device)
+        full = self.optimizer.state_dict()
+        full["state"] = state
+        self.optimizer.load_state_dict(full)
+        self.step = step
+
+    # -- training -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def eval_loss(self) -> Tensor:
+        """Loss of every instance on its fixed set (the training set for finite data). -> (I,)"""
+        return tms.loss(self.W, self.b, self.eval_set, self.importance, self.groups,
+                        self.config.model.reduction)
+
+    def train_step(self) -> None:
+        t = self.config.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = t.lr * lr_factor(t.lr_schedule, self.step, t.steps)
+        x = self.batches.batch(self.step).to(self.device)
+        loss = tms.loss(self.W, self.b, x, self.importance, self.groups,
+                        self.config.model.reduction)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()  # instances are independent: each gets its own gradient
+        self.optimizer.step()
+        self.step += 1
+
+    def run(self, progress=None) -> Iterator[Checkpoint]:
+        """Train to the last step, yielding a Checkpoint at every scheduled step >= self.step."""
+        total, every = self.config.train.steps, log_every(self.config)
+        schedule = set(self.schedule)
+        logged: list[tuple[int, np.ndarray]] = []
+        while True:
+            step = self.step
+            if step % every == 0 or step in schedule:
+                logged.append((step, self.eval_loss().cpu().numpy()))
+            if step in schedule:
+                yield Checkpoint(step, self.state_tensors(), self._log_rows(logged))
+                logged = []
+            if step == total:
+                return
+            self.train_step()
+            if progress is not None:
+                progress.update(1)
+
+    def _log_rows(self, logged: list[tuple[int, np.ndarray]]) -> pd.DataFrame:
+        k = len(self.instance_ids)
+        return pd.DataFrame({
+            "step": np.repeat([s for s, _ in logged], k).astype(np.int64),
+            "instance": np.tile(self.instance_ids, len(logged)),
+            "loss": np.concatenate([losses for _, losses in logged]) if logged else [],
+        })
+
+
+# ---------------------------------------------------------------------------------------------
+# The local driver
+
+
+def resume_point(run: RunDir, schedule: list[int]) -> tuple[int, dict[str, Tensor] | None]:
+    """The last checkpoint that verifies and has only verified ones before it.
+
+    Checkpoints after it (damaged, or beyond a damaged one) are deleted: training from the
+    resume point writes them again, identically.
+    """
+    good_step, good = -1, None
+    on_disk = run.checkpoint_steps()
+    for step in on_disk:
+        if step not in schedule:
+            continue
+        try:
+            tensors = run.load_checkpoint(step)
+        except RunDirError:
+            break
+        good_step, good = step, tensors
+    for step in on_disk:
+        if step > good_step:
+            run.checkpoint_path(step).unlink(missing_ok=True)
+    return good_step, good
+
+
+def train_run(run: RunDir, *, device: str = "cpu", progress: bool = True) -> None:
+    """Train (or finish training) every instance of `run`, writing checkpoints and the log."""
+    from tqdm.auto import tqdm
+
+    config = run.config
+    trainer = BatchTrainer(config, run.instances, device)
+    step, tensors = resume_point(run, trainer.schedule)
+    log = run.read_table(TRAIN_LOG, "devtms train --resume") if step >= 0 else None
+    if tensors is not None:
+        trainer.load_state(tensors, step)  # the loop re-yields `step` first; it is skipped below
+    if log is not None:
+        log = log[log["step"] <= step]  # rows past the resume point are written again
+
+    bar = tqdm(total=config.train.steps, initial=max(step, 0), desc="train", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    run.set_stage("train", done=False)
+    with bar:
+        for checkpoint in trainer.run(progress=bar):
+            if checkpoint.step <= step:  # already on disk (the resume point itself)
+                continue
+            log = checkpoint.log if log is None else pd.concat([log, checkpoint.log])
+            # the log first: a checkpoint on disk always has its log rows
+            run.write_table(TRAIN_LOG, log)
+            run.save_checkpoint(checkpoint.step, checkpoint.tensors)
+            final = checkpoint.log[checkpoint.log["step"] == checkpoint.step]["loss"]
+            bar.set_postfix(loss=f"{np.nanmedian(final.to_numpy()):.3g}", refresh=False)
+    final = run.load_checkpoint(config.train.steps)
+    diverged = non_finite_instances(final["W"], final["b"], trainer.instance_ids)
+    run.set_stage("train", done=True, last_step=config.train.steps, diverged=diverged)
+
+
+def non_finite_instances(W: Tensor, b: Tensor, ids: np.ndarray) -> list[int]:
+    """Instances whose parameters hold NaN or inf (training diverged)."""
+    bad = ~(torch.isfinite(W).flatten(1).all(1) & torch.isfinite(b).all(1))
+    return [int(i) for i in ids[bad.numpy()]]
