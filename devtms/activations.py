@@ -27,6 +27,12 @@ from devtms.errors import UserError
 Tensor = torch.Tensor
 
 
+# vjp(grad_out, pre, out) -> grad_pre: the activation's vector-Jacobian product, so batched
+# code can form gradients without building an autograd graph per activation group. Most use
+# torch's own backward kernels (the ones autograd would call); None means: ask autograd.
+Vjp = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
 @dataclass(frozen=True)
 class Activation:
     name: str
@@ -38,6 +44,36 @@ class Activation:
     monotone: bool  # non-decreasing in its own input
     over_features: bool  # normalises along the feature axis
     control: bool = False  # not one of the 27 variants: a baseline every comparison wants
+    vjp_fn: Vjp | None = None
+
+    def vjp(self, grad_out: Tensor, pre: Tensor, out: Tensor) -> Tensor:
+        """d<grad_out, fn(pre)>/d pre, with out = fn(pre) already computed."""
+        if self.vjp_fn is not None:
+            return self.vjp_fn(grad_out, pre, out)
+        with torch.enable_grad():
+            leaf = pre.detach().requires_grad_(True)
+            return torch.autograd.grad(self.fn(leaf), leaf, grad_out)[0]
+
+
+_aten = torch.ops.aten
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805  # torch's constants
+
+
+def _softmax(x: Tensor) -> Tensor:
+    # The same function as torch.softmax(x, -1), written out: torch's kernel is several times
+    # slower when the feature axis is as short as a TMS's (n ~ 5-20).
+    e = (x - x.amax(-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
+def _softmax_vjp(g: Tensor, s: Tensor) -> Tensor:
+    """VJP of softmax given its output s."""
+    return s * (g - (g * s).sum(-1, keepdim=True))
+
+
+def _log_softmax(x: Tensor) -> Tensor:
+    shifted = x - x.amax(-1, keepdim=True)
+    return shifted - shifted.exp().sum(-1, keepdim=True).log()
 
 
 def _exp_linear(x: Tensor) -> Tensor:
@@ -48,7 +84,12 @@ def _exp_linear(x: Tensor) -> Tensor:
 
 def _solu(x: Tensor) -> Tensor:
     # SoLU (Elhage et al. 2022): x * softmax(x) over the features of each sample.
-    return x * torch.softmax(x, dim=-1)
+    return x * _softmax(x)
+
+
+def _solu_vjp(g: Tensor, x: Tensor, out: Tensor) -> Tensor:
+    s = _softmax(x)
+    return g * s + _softmax_vjp(g * x, s)
 
 
 def _solu_ln(x: Tensor) -> Tensor:
@@ -58,51 +99,72 @@ def _solu_ln(x: Tensor) -> Tensor:
     return F.layer_norm(y, y.shape[-1:])
 
 
-def _entry(name, fn, definition, above, below, smooth, monotone, over=False, control=False):
-    return Activation(name, fn, definition, above, below, smooth, monotone, over, control)
+def _elu_vjp(g: Tensor, x: Tensor, out: Tensor) -> Tensor:
+    return _aten.elu_backward(g, 1.0, 1.0, 1.0, False, x)
+
+
+def _entry(name, fn, vjp, definition, above, below, smooth, monotone, over=False, control=False):
+    return Activation(name, fn, definition, above, below, smooth, monotone, over, control, vjp)
 
 
 # The order is the numbering of SCIENCE.md section 2; the controls come last.
 _ACTIVATIONS: tuple[Activation, ...] = (
-    _entry("relu", F.relu, "max(0, x)", False, True, False, True),
-    _entry("leaky_relu", F.leaky_relu, "x if x > 0 else 0.01 x", False, False, False, True),
-    _entry("selu", F.selu, "torch SELU", False, True, False, True),
-    _entry("celu", F.celu, "CELU, alpha 1", False, True, True, True),
-    _entry("gelu", F.gelu, "exact (erf) GELU", False, True, True, False),
-    _entry("sigmoid", torch.sigmoid, "1 / (1 + e^-x)", True, True, True, True),
-    _entry("hardsigmoid", F.hardsigmoid, "torch Hardsigmoid", True, True, False, True),
-    _entry("silu", F.silu, "x sigmoid(x) (Swish)", False, True, True, False),
-    _entry("hardswish", F.hardswish, "torch Hardswish", False, True, False, False),
-    _entry("mish", F.mish, "x tanh(softplus(x))", False, True, True, False),
-    _entry("softplus", F.softplus, "log(1 + e^x)", False, True, True, True),
-    _entry("tanh", torch.tanh, "tanh(x)", True, True, True, True),
-    _entry("hardtanh", F.hardtanh, "clamp(x, -1, 1)", True, True, False, True),
-    _entry("elu", F.elu, "ELU, alpha 1", False, True, True, True),
-    _entry("hardshrink", F.hardshrink, "x if |x| > 0.5 else 0", False, False, False, True),
-    _entry(
-        "softmax", lambda x: torch.softmax(x, -1), "softmax over features", True, True, True, True,
-        over=True,
-    ),
-    _entry("solu", _solu, "x * softmax(x) over features", False, True, True, False, over=True),
-    _entry(
-        "log_softmax", lambda x: torch.log_softmax(x, -1), "log-softmax over features",
-        True, False, True, True, over=True,
-    ),
-    _entry("logsigmoid", F.logsigmoid, "log sigmoid(x)", True, False, True, True),
-    _entry("exp", torch.exp, "e^x", False, True, True, True),
-    _entry("exp_linear", _exp_linear, "e^x if x < 0 else x + 1 (devtms's reading)",
+    _entry("relu", F.relu, lambda g, x, y: _aten.threshold_backward(g, y, 0),
+           "max(0, x)", False, True, False, True),
+    _entry("leaky_relu", F.leaky_relu, lambda g, x, y: _aten.leaky_relu_backward(g, x, 0.01, False),
+           "x if x > 0 else 0.01 x", False, False, False, True),
+    _entry("selu", F.selu,
+           lambda g, x, y: _aten.elu_backward(g, _SELU_ALPHA, _SELU_SCALE, 1.0, False, x),
+           "torch SELU", False, True, False, True),
+    _entry("celu", F.celu, _elu_vjp, "CELU, alpha 1", False, True, True, True),
+    _entry("gelu", F.gelu, lambda g, x, y: _aten.gelu_backward(g, x),
+           "exact (erf) GELU", False, True, True, False),
+    _entry("sigmoid", torch.sigmoid, lambda g, x, y: _aten.sigmoid_backward(g, y),
+           "1 / (1 + e^-x)", True, True, True, True),
+    _entry("hardsigmoid", F.hardsigmoid, lambda g, x, y: _aten.hardsigmoid_backward(g, x),
+           "torch Hardsigmoid", True, True, False, True),
+    _entry("silu", F.silu, lambda g, x, y: _aten.silu_backward(g, x),
+           "x sigmoid(x) (Swish)", False, True, True, False),
+    _entry("hardswish", F.hardswish, lambda g, x, y: _aten.hardswish_backward(g, x),
+           "torch Hardswish", False, True, False, False),
+    _entry("mish", F.mish, lambda g, x, y: _aten.mish_backward(g, x),
+           "x tanh(softplus(x))", False, True, True, False),
+    _entry("softplus", F.softplus, lambda g, x, y: _aten.softplus_backward(g, x, 1.0, 20.0),
+           "log(1 + e^x)", False, True, True, True),
+    _entry("tanh", torch.tanh, lambda g, x, y: _aten.tanh_backward(g, y),
+           "tanh(x)", True, True, True, True),
+    _entry("hardtanh", F.hardtanh, lambda g, x, y: _aten.hardtanh_backward(g, x, -1.0, 1.0),
+           "clamp(x, -1, 1)", True, True, False, True),
+    _entry("elu", F.elu, _elu_vjp, "ELU, alpha 1", False, True, True, True),
+    _entry("hardshrink", F.hardshrink, lambda g, x, y: _aten.hardshrink_backward(g, x, 0.5),
+           "x if |x| > 0.5 else 0", False, False, False, True),
+    _entry("softmax", _softmax, lambda g, x, y: _softmax_vjp(g, y),
+           "softmax over features", True, True, True, True, over=True),
+    _entry("solu", _solu, _solu_vjp, "x * softmax(x) over features", False, True, True, False,
+           over=True),
+    _entry("log_softmax", _log_softmax,
+           lambda g, x, y: g - y.exp() * g.sum(-1, keepdim=True),
+           "log-softmax over features", True, False, True, True, over=True),
+    _entry("logsigmoid", F.logsigmoid, lambda g, x, y: g * torch.sigmoid(-x),
+           "log sigmoid(x)", True, False, True, True),
+    _entry("exp", torch.exp, lambda g, x, y: g * y, "e^x", False, True, True, True),
+    _entry("exp_linear", _exp_linear, _elu_vjp, "e^x if x < 0 else x + 1 (devtms's reading)",
            False, True, True, True),
-    _entry("tanhshrink", F.tanhshrink, "x - tanh(x)", False, False, True, True),
-    _entry("relu6", F.relu6, "min(max(0, x), 6)", True, True, False, True),
-    _entry("relu_squared", lambda x: F.relu(x).square(), "max(0, x)^2", False, True, True, True),
-    _entry("softshrink", F.softshrink, "torch Softshrink, lambda 0.5", False, False, False, True),
-    _entry("softsign", F.softsign, "x / (1 + |x|)", True, True, True, True),
-    _entry(
-        "softmin", lambda x: F.softmin(x, -1), "softmin over features", True, True, True, False,
-        over=True,
-    ),
-    _entry("linear", lambda x: x, "identity (control)", False, False, True, True, control=True),
-    _entry("solu_ln", _solu_ln, "LayerNorm(x * softmax(x)) over features (control)",
+    _entry("tanhshrink", F.tanhshrink, lambda g, x, y: g * torch.tanh(x).square(),
+           "x - tanh(x)", False, False, True, True),
+    _entry("relu6", F.relu6, lambda g, x, y: _aten.hardtanh_backward(g, x, 0.0, 6.0),
+           "min(max(0, x), 6)", True, True, False, True),
+    _entry("relu_squared", lambda x: F.relu(x).square(), lambda g, x, y: g * 2.0 * F.relu(x),
+           "max(0, x)^2", False, True, True, True),
+    _entry("softshrink", F.softshrink, lambda g, x, y: _aten.softshrink_backward(g, x, 0.5),
+           "torch Softshrink, lambda 0.5", False, False, False, True),
+    _entry("softsign", F.softsign, lambda g, x, y: g / (1.0 + x.abs()).square(),
+           "x / (1 + |x|)", True, True, True, True),
+    _entry("softmin", lambda x: _softmax(-x), lambda g, x, y: -_softmax_vjp(g, y),
+           "softmin over features", True, True, True, False, over=True),
+    _entry("linear", lambda x: x, lambda g, x, y: g, "identity (control)", False, False, True,
+           True, control=True),
+    _entry("solu_ln", _solu_ln, None, "LayerNorm(x * softmax(x)) over features (control)",
            True, True, True, False, over=True, control=True),
 )
 
@@ -161,4 +223,17 @@ def apply_grouped(pre: Tensor, groups: list[tuple[Activation, int, int]]) -> Ten
     """
     if len(groups) == 1:
         return groups[0][0].fn(pre)
-    return torch.cat([act.fn(pre[start:stop]) for act, start, stop in groups], dim=0)
+    # One split (its backward is a single cat), not one slice per group (each slice's
+    # backward would materialise a zero tensor the size of `pre`).
+    parts = pre.split([stop - start for _, start, stop in groups], dim=0)
+    return torch.cat([act.fn(part) for (act, _, _), part in zip(groups, parts, strict=True)], dim=0)
+
+
+def vjp_grouped(grad_out: Tensor, pre: Tensor, out: Tensor,
+                groups: list[tuple[Activation, int, int]]) -> Tensor:
+    """Each group's vjp on its slice of the leading (instance) axis. All (instances, ..., n)."""
+    if len(groups) == 1:
+        return groups[0][0].vjp(grad_out, pre, out)
+    sizes = [stop - start for _, start, stop in groups]
+    parts = zip(groups, grad_out.split(sizes), pre.split(sizes), out.split(sizes), strict=True)
+    return torch.cat([act.vjp(g, x, y) for (act, _, _), g, x, y in parts], dim=0)

@@ -65,61 +65,58 @@ class DataKeys:
 
 
 def fixed_sets(kind: str, keys: DataKeys, samples: int, n: int, purpose: str) -> Tensor:
-    """A fixed set of `samples` per instance, e.g. the finite training set. -> (instances, samples, n)
+    """A fixed set of `samples` per data key, e.g. the finite training set. -> (keys, samples, n)
 
     `purpose` ("train", "eval", "llc") keys the random stream, so the sets are independent.
+    Expand to instances with `keys.expand`.
     """
-    per_key = torch.stack([
+    return torch.stack([
         sample_features(kind, samples, n, p, generator(seed, "data", purpose, kind, samples, n))
         for seed, p in keys.keys
     ])  # the stream ignores p: sparsities of one seed share draws (nested masks)
-    return keys.expand(per_key)
 
 
 class FiniteBatches:
     """Minibatches drawn from a fixed training set, stateless in the step.
 
-    The sample order of instance i is the concatenation of independent permutations of its
-    N samples, one per epoch, seeded by (seed, epoch); step t takes positions [tB, (t+1)B).
+    The sample order of a seed is the concatenation of independent permutations of the N
+    samples, one per epoch, seeded by (seed, epoch); step t takes positions [tB, (t+1)B).
     Batches may straddle an epoch boundary, so every batch has exactly B samples.
     """
 
-    def __init__(self, train_set: Tensor, seeds: Sequence[int], batch_size: int):
-        self.train_set = train_set  # (instances, N, n)
-        self.batch_size = batch_size
-        self.seeds = [int(s) for s in seeds]
-        self.unique_seeds = list(dict.fromkeys(self.seeds))
-        self.seed_index = torch.tensor([self.unique_seeds.index(s) for s in self.seeds])
-        self._perms: dict[int, Tensor] = {}  # epoch -> (unique_seeds, N)
+    def __init__(self, train_sets: Tensor, keys: DataKeys, batch_size: int):
+        self.train_sets = train_sets  # (keys, N, n)
+        self.keys, self.batch_size = keys, batch_size
+        self.key_seeds = [seed for seed, _ in keys.keys]
+        self._perms: dict[int, Tensor] = {}  # epoch -> (keys, N)
 
     def _epoch_perm(self, epoch: int) -> Tensor:
         if epoch not in self._perms:
-            n_samples = self.train_set.shape[1]
+            n_samples = self.train_sets.shape[1]
             self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-            self._perms[epoch] = torch.stack([
-                torch.randperm(n_samples, generator=generator(seed, "batches", epoch))
-                for seed in self.unique_seeds
-            ])
+            per_seed = {
+                seed: torch.randperm(n_samples, generator=generator(seed, "batches", epoch))
+                for seed in dict.fromkeys(self.key_seeds)
+            }
+            self._perms[epoch] = torch.stack([per_seed[s] for s in self.key_seeds])
         return self._perms[epoch]
 
     def indices(self, step: int) -> Tensor:
-        """(instances, B) sample indices of the batch at `step`."""
-        n_samples = self.train_set.shape[1]
+        """(keys, B) sample indices of the batch at `step`."""
+        n_samples = self.train_sets.shape[1]
         positions = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
         epochs = positions // n_samples
-        columns = []
-        for epoch in torch.unique(epochs).tolist():
-            offsets = positions[epochs == epoch] % n_samples
-            columns.append(self._epoch_perm(epoch)[:, offsets])
-        per_seed = torch.cat(columns, dim=1)  # (unique_seeds, B)
-        return per_seed.index_select(0, self.seed_index)
+        columns = [
+            self._epoch_perm(epoch)[:, positions[epochs == epoch] % n_samples]
+            for epoch in torch.unique(epochs).tolist()
+        ]
+        return torch.cat(columns, dim=1)
 
     def batch(self, step: int) -> Tensor:
         """(instances, B, n)"""
-        idx = self.indices(step)
-        return torch.gather(
-            self.train_set, 1, idx[:, :, None].expand(-1, -1, self.train_set.shape[2])
-        )
+        idx = self.indices(step)  # (keys, B)
+        per_key = torch.stack([self.train_sets[k, idx[k]] for k in range(len(self.key_seeds))])
+        return self.keys.expand(per_key)
 
 
 class FreshBatches:

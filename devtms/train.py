@@ -28,6 +28,7 @@ from devtms.activations import contiguous_groups
 from devtms.config import RunConfig
 from devtms.data import DataKeys, FiniteBatches, FreshBatches, fixed_sets, importance_weights
 from devtms.errors import RunDirError
+from devtms.progress import progress_bar
 from devtms.schedule import checkpoint_steps, log_steps_default_every
 from devtms.store import TRAIN_LOG, RunDir
 
@@ -56,18 +57,6 @@ def log_every(config: RunConfig) -> int:
     return config.train.log_every or log_steps_default_every(config.train.steps)
 
 
-def training_data(config: RunConfig, instances: pd.DataFrame) -> tuple[FiniteBatches |
-                                                                       FreshBatches, Tensor]:
-    """The batch stream and the fixed set the logged loss is measured on. -> (stream, (I, S, n))"""
-    d, n = config.data, config.model.n_features
-    keys = DataKeys(instances["seed"], instances["feature_probability"])
-    if d.finite:
-        train_set = llc_data(config, instances)
-        return FiniteBatches(train_set, instances["seed"], config.train.batch_size), train_set
-    stream = FreshBatches(d.kind, keys, config.train.batch_size, n)
-    return stream, fixed_sets(d.kind, keys, d.eval_samples, n, "eval")
-
-
 def llc_data(config: RunConfig, instances: pd.DataFrame) -> Tensor:
     """The fixed set each instance's LLC is measured on. -> (I, N, n)
 
@@ -77,8 +66,21 @@ def llc_data(config: RunConfig, instances: pd.DataFrame) -> Tensor:
     d, n = config.data, config.model.n_features
     keys = DataKeys(instances["seed"], instances["feature_probability"])
     if d.finite:
-        return fixed_sets(d.kind, keys, d.n_samples, n, "train")
-    return fixed_sets(d.kind, keys, config.llc.n_samples, n, "llc")
+        return keys.expand(fixed_sets(d.kind, keys, d.n_samples, n, "train"))
+    return keys.expand(fixed_sets(d.kind, keys, config.llc.n_samples, n, "llc"))
+
+
+def training_data(config: RunConfig, instances: pd.DataFrame) -> tuple[FiniteBatches |
+                                                                       FreshBatches, Tensor]:
+    """The batch stream and the fixed set the logged loss is measured on. -> (stream, (I, S, n))"""
+    d, n = config.data, config.model.n_features
+    keys = DataKeys(instances["seed"], instances["feature_probability"])
+    if d.finite:
+        train_sets = fixed_sets(d.kind, keys, d.n_samples, n, "train")  # (keys, N, n)
+        stream = FiniteBatches(train_sets, keys, config.train.batch_size)
+        return stream, keys.expand(train_sets)
+    stream = FreshBatches(d.kind, keys, config.train.batch_size, n)
+    return stream, keys.expand(fixed_sets(d.kind, keys, d.eval_samples, n, "eval"))
 
 
 class BatchTrainer:
@@ -150,10 +152,12 @@ class BatchTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = t.lr * lr_factor(t.lr_schedule, self.step, t.steps)
         x = self.batches.batch(self.step).to(self.device)
-        loss = tms.loss(self.W, self.b, x, self.importance, self.groups,
-                        self.config.model.reduction)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward()  # instances are independent: each gets its own gradient
+        # Exact gradients of each instance's own loss (instances never interact), formed
+        # without an autograd graph; the optimizer then steps all instances at once.
+        _, dW, db = tms.loss_and_grad(self.W.detach(), self.b.detach(), x, self.importance,
+                                      self.groups, self.config.model.reduction)
+        self.W.grad = dW
+        self.b.grad = db if self.config.model.bias else None
         self.optimizer.step()
         self.step += 1
 
@@ -180,7 +184,9 @@ class BatchTrainer:
         return pd.DataFrame({
             "step": np.repeat([s for s, _ in logged], k).astype(np.int64),
             "instance": np.tile(self.instance_ids, len(logged)),
-            "loss": np.concatenate([losses for _, losses in logged]) if logged else [],
+            # float64 so the CSV holds the same text whether or not a run was resumed
+            "loss": np.concatenate([losses for _, losses in logged]).astype(np.float64)
+            if logged else np.zeros(0),
         })
 
 
@@ -210,10 +216,8 @@ def resume_point(run: RunDir, schedule: list[int]) -> tuple[int, dict[str, Tenso
     return good_step, good
 
 
-def train_run(run: RunDir, *, device: str = "cpu", progress: bool = True) -> None:
+def train_run(run: RunDir, *, device: str = "cpu") -> None:
     """Train (or finish training) every instance of `run`, writing checkpoints and the log."""
-    from tqdm.auto import tqdm
-
     config = run.config
     trainer = BatchTrainer(config, run.instances, device)
     step, tensors = resume_point(run, trainer.schedule)
@@ -223,8 +227,7 @@ def train_run(run: RunDir, *, device: str = "cpu", progress: bool = True) -> Non
     if log is not None:
         log = log[log["step"] <= step]  # rows past the resume point are written again
 
-    bar = tqdm(total=config.train.steps, initial=max(step, 0), desc="train", unit="step",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(config.train.steps, "train", unit="step", initial=max(step, 0))
     run.set_stage("train", done=False)
     with bar:
         for checkpoint in trainer.run(progress=bar):
@@ -234,8 +237,10 @@ def train_run(run: RunDir, *, device: str = "cpu", progress: bool = True) -> Non
             # the log first: a checkpoint on disk always has its log rows
             run.write_table(TRAIN_LOG, log)
             run.save_checkpoint(checkpoint.step, checkpoint.tensors)
-            final = checkpoint.log[checkpoint.log["step"] == checkpoint.step]["loss"]
-            bar.set_postfix(loss=f"{np.nanmedian(final.to_numpy()):.3g}", refresh=False)
+            final = checkpoint.log[checkpoint.log["step"] == checkpoint.step]["loss"].to_numpy()
+            if np.isfinite(final).any():
+                bar.set_postfix(median_loss=f"{np.median(final[np.isfinite(final)]):.3g}",
+                                refresh=False)
     final = run.load_checkpoint(config.train.steps)
     diverged = non_finite_instances(final["W"], final["b"], trainer.instance_ids)
     run.set_stage("train", done=True, last_step=config.train.steps, diverged=diverged)

@@ -1,0 +1,137 @@
+"""Every activation against its torch.nn counterpart (or SCIENCE.md's formula), and its vjp
+against autograd."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from devtms.activations import (
+    ALL, CONTROLS, REGISTRY, VARIANTS, apply_grouped, contiguous_groups, expand_activation_names,
+    get_activation, vjp_grouped,
+)
+from devtms.errors import UserError
+
+# torch.nn modules (the oracle), applied to (..., n) with features on the last axis.
+ORACLES = {
+    "relu": nn.ReLU(),
+    "leaky_relu": nn.LeakyReLU(0.01),
+    "selu": nn.SELU(),
+    "celu": nn.CELU(alpha=1.0),
+    "gelu": nn.GELU(approximate="none"),
+    "sigmoid": nn.Sigmoid(),
+    "hardsigmoid": nn.Hardsigmoid(),
+    "silu": nn.SiLU(),
+    "hardswish": nn.Hardswish(),
+    "mish": nn.Mish(),
+    "softplus": nn.Softplus(),
+    "tanh": nn.Tanh(),
+    "hardtanh": nn.Hardtanh(-1.0, 1.0),
+    "elu": nn.ELU(alpha=1.0),
+    "hardshrink": nn.Hardshrink(0.5),
+    "softmax": nn.Softmax(dim=-1),
+    "solu": lambda x: x * nn.Softmax(dim=-1)(x),
+    "log_softmax": nn.LogSoftmax(dim=-1),
+    "logsigmoid": nn.LogSigmoid(),
+    "exp": torch.exp,
+    # SCIENCE.md: e^x for x < 0, x + 1 for x >= 0, written piecewise (independent of ELU)
+    "exp_linear": lambda x: torch.where(x < 0, torch.exp(x), x + 1.0),
+    "tanhshrink": nn.Tanhshrink(),
+    "relu6": nn.ReLU6(),
+    "relu_squared": lambda x: torch.clamp(x, min=0) ** 2,
+    "softshrink": nn.Softshrink(0.5),
+    "softsign": nn.Softsign(),
+    "softmin": nn.Softmin(dim=-1),
+    "linear": nn.Identity(),
+    "solu_ln": lambda x: nn.LayerNorm(x.shape[-1], elementwise_affine=False)(
+        x * nn.Softmax(dim=-1)(x)),
+}
+
+
+def test_registry_holds_the_27_variants_and_two_controls():
+    assert len(VARIANTS) == 27
+    assert VARIANTS[0] == "relu" and VARIANTS[-1] == "softmin"
+    assert CONTROLS == ("linear", "solu_ln")
+    assert set(ORACLES) == set(ALL)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_activation_matches_torch_on_random_inputs(name):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 64, 7, generator=g, dtype=torch.float64) * 4  # (instances, batch, n)
+    torch.testing.assert_close(REGISTRY[name].fn(x), ORACLES[name](x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", [a for a in ALL if REGISTRY[a].over_features])
+def test_over_features_activations_act_per_sample(name):
+    """Each sample's output depends on that sample's features only, never on the batch."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 10, 6, generator=g, dtype=torch.float64)
+    act = REGISTRY[name]
+    whole = act.fn(x)
+    for i in range(4):
+        for j in range(10):
+            torch.testing.assert_close(whole[i, j], act.fn(x[i, j][None])[0])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_vjp_matches_autograd(name):
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(5, 9, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    act = REGISTRY[name]
+    y = act.fn(x)
+    grad_out = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    expected, = torch.autograd.grad(y, x, grad_out)
+    torch.testing.assert_close(act.vjp(grad_out, x.detach(), y.detach()), expected,
+                               rtol=1e-10, atol=1e-12)
+
+
+ELEMENTWISE = [a for a in ALL if not REGISTRY[a].over_features]
+KINKS = torch.tensor([-6.0, -3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0, 6.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_declared_properties_hold(name):
+    act = REGISTRY[name]
+    x = torch.linspace(-50, 50, 100001, dtype=torch.float64)
+    y = act.fn(x)
+    assert bool((y.diff() >= 0).all()) == act.monotone
+    # bounded: still growing in magnitude between |x| = 100 and |x| = 1000 means unbounded
+    far = act.fn(torch.tensor([-1000.0, -100.0, 100.0, 1000.0], dtype=torch.float64))
+    assert bool(far[3] - far[2] < 0.5) == act.bounded_above
+    assert bool(far[0] - far[1] > -0.5) == act.bounded_below
+    # smooth (C^1): left and right derivatives agree at every kink candidate
+    def slope(at):
+        return act.vjp(torch.ones_like(at), at, act.fn(at))
+    jump = (slope(KINKS + 1e-9) - slope(KINKS - 1e-9)).abs().max()
+    assert bool(jump < 1e-5) == act.smooth, f"derivative jump {jump}"
+
+
+def test_groups_apply_each_activation_to_its_slice():
+    names = ["relu", "relu", "gelu", "softmax", "softmax", "relu"]
+    groups = contiguous_groups(names)
+    assert [(a.name, s, e) for a, s, e in groups] == [
+        ("relu", 0, 2), ("gelu", 2, 3), ("softmax", 3, 5), ("relu", 5, 6)]
+    x = torch.randn(6, 4, 5)
+    out = apply_grouped(x, groups)
+    for i, name in enumerate(names):
+        torch.testing.assert_close(out[i], REGISTRY[name].fn(x[i]))
+    g = torch.randn_like(x)
+    grads = vjp_grouped(g, x, out, groups)
+    for i, name in enumerate(names):
+        torch.testing.assert_close(grads[i], REGISTRY[name].vjp(g[i], x[i], out[i]))
+
+
+def test_unknown_activation_names_the_valid_ones():
+    with pytest.raises(UserError, match="unknown activation 'rleu'.*relu.*softmin"):
+        get_activation("rleu")
+
+
+def test_groups_expand_in_order_without_repeats():
+    assert expand_activation_names(["gelu", "all"]) == ["gelu"] + [a for a in ALL if a != "gelu"]
+    assert expand_activation_names(["controls"]) == list(CONTROLS)
+
+
+def test_exp_linear_is_elu_plus_one():
+    x = torch.linspace(-5, 5, 101)
+    torch.testing.assert_close(REGISTRY["exp_linear"].fn(x), F.elu(x) + 1)

@@ -1,0 +1,163 @@
+"""The trainer: it learns, writes the run-directory contract, resumes exactly, and its
+instances are independent (a shard trains exactly as it would in the whole batch)."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from devtms import model as tms
+from devtms.config import config_from_dict, instance_table, load_config
+from devtms.store import RunDir
+from devtms.train import BatchTrainer, train_run
+
+from .conftest import TINY_TOML, run_cli
+
+
+def _tiny_config(**train):
+    import tomllib
+
+    raw = tomllib.loads(TINY_TOML)
+    raw["train"].update(train)
+    return config_from_dict(raw)
+
+
+def test_cli_trains_and_writes_the_contract_files(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    result = run_cli("train", tiny_config, "--out", out)
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["format"] == "devtms-run" and meta["stages"]["train"]["done"] is True
+    assert set(meta["versions"]) >= {"devtms", "torch", "devinterp"}
+    instances = pd.read_csv(out / "instances.csv")
+    assert list(instances.columns[:8]) == ["instance", "activation", "n_features", "n_hidden",
+                                           "sparsity", "feature_probability", "importance_ratio",
+                                           "seed"]
+    assert len(instances) == 8
+    config = load_config(tiny_config)
+    steps = sorted(int(p.stem[5:]) for p in (out / "checkpoints").glob("step_*.safetensors"))
+    assert steps[0] == 0 and steps[-1] == 300 and {100, 200} <= set(steps)
+    final = load_file(out / "checkpoints" / "step_00000300.safetensors")
+    assert final["W"].shape == (8, 2, 5) and final["b"].shape == (8, 5)
+    log = pd.read_csv(out / "train_log.csv")
+    assert list(log.columns) == ["step", "instance", "loss"]
+    assert set(steps) <= set(log["step"]) and len(log) == log["step"].nunique() * 8
+    # it learns: every instance's loss falls from initialisation
+    first = log[log.step == 0].set_index("instance")["loss"]
+    last = log[log.step == 300].set_index("instance")["loss"]
+    assert (last < 0.7 * first).all(), (first, last)
+    assert config.train.steps == 300
+    # no temporary files left behind
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_logged_loss_is_the_training_set_loss_of_the_checkpoint(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    assert run_cli("train", tiny_config, "--out", out).returncode == 0
+    run = RunDir.open(out)
+    trainer = BatchTrainer(run.config, run.instances)
+    ckpt = run.load_checkpoint(100)
+    log = run.read_table("train_log.csv", "train")
+    expected = log[log.step == 100]["loss"].to_numpy()
+    for i, name in enumerate(run.instances["activation"]):
+        module = tms.TMS(ckpt["W"][i], ckpt["b"][i], name, trainer.importance[i])
+        assert module.loss(trainer.eval_set[i]).item() == pytest.approx(expected[i], rel=1e-5)
+
+
+def test_batched_training_equals_a_loop_of_single_models():
+    config = _tiny_config(steps=40)
+    instances = instance_table(config)
+    trainer = BatchTrainer(config, instances)
+    W0, b0 = trainer.W.detach().clone(), trainer.b.detach().clone()
+    batches = [trainer.batches.batch(s) for s in range(40)]
+    for _ in range(40):
+        trainer.train_step()
+    for i, name in enumerate(instances["activation"]):
+        module = tms.TMS(W0[i], b0[i], name, trainer.importance[i])
+        opt = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
+        for s in range(40):
+            opt.zero_grad()
+            module.loss(batches[s][i]).backward()
+            opt.step()
+        torch.testing.assert_close(module.W.detach(), trainer.W.detach()[i], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(module.b.detach(), trainer.b.detach()[i], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_shard_of_instances_trains_exactly_as_in_the_whole_batch(optimizer):
+    config = _tiny_config(steps=60, optimizer=optimizer, momentum=0.9 if optimizer == "sgd" else 0.0,
+                          lr=0.05, lr_schedule="cosine")
+    instances = instance_table(config)
+    whole = BatchTrainer(config, instances)
+    shard = BatchTrainer(config, instances.iloc[3:6])
+    for _ in range(60):
+        whole.train_step()
+        shard.train_step()
+    torch.testing.assert_close(shard.W.detach(), whole.W.detach()[3:6], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_after_a_kill_gives_identical_weights(tmp_path, tiny_config):
+    text = tiny_config.read_text().replace("steps = 300", "steps = 3000")
+    tiny_config.write_text(text)
+    reference, killed = tmp_path / "ref", tmp_path / "killed"
+    assert run_cli("train", tiny_config, "--out", reference).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "devtms.cli", "train", str(tiny_config),
+                             "--out", str(killed)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpts = killed / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(ckpts.glob("step_*"))) < 8:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoints" / "step_00003000.safetensors").exists()
+    assert run_cli("train", tiny_config, "--out", killed).returncode == 2  # needs --resume
+    result = run_cli("train", tiny_config, "--out", killed, "--resume")
+    assert result.returncode == 0, result.stderr
+    for path in sorted((reference / "checkpoints").iterdir()):
+        a, b = load_file(path), load_file(killed / "checkpoints" / path.name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (path.name, key)
+    assert (reference / "train_log.csv").read_bytes() == (killed / "train_log.csv").read_bytes()
+
+
+def test_diverging_instances_are_flagged_and_the_others_unaffected(tmp_path):
+    raw = {
+        "name": "blowup",
+        "model": {"n_features": 5, "n_hidden": 2, "activations": ["relu", "exp"]},
+        "data": {"kind": "one-hot-binary", "n_samples": 100},
+        "train": {"steps": 200, "batch_size": 20, "optimizer": "sgd", "lr": 1.0,
+                  "init_bias_std": 20.0, "seeds": [0]},
+        "checkpoints": {"log_points": 5},
+    }
+    run = RunDir.create(tmp_path / "run", config_from_dict(raw),
+                        instance_table(config_from_dict(raw)))
+    train_run(run)
+    assert run.stage("train")["diverged"] == [1]  # exp blows up; relu does not
+    # relu's weights are what a relu-only run gives
+    alone = dict(raw, model={**raw["model"], "activations": ["relu"]})
+    run2 = RunDir.create(tmp_path / "alone", config_from_dict(alone),
+                         instance_table(config_from_dict(alone)))
+    train_run(run2)
+    assert torch.equal(run.load_checkpoint(200)["W"][0], run2.load_checkpoint(200)["W"][0])
+
+
+def test_existing_runs_are_protected(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    assert run_cli("train", tiny_config, "--out", out).returncode == 0
+    again = run_cli("train", tiny_config, "--out", out)
+    assert again.returncode == 2 and "already holds a run (complete)" in again.stderr
+    assert run_cli("train", tiny_config, "--out", out, "--resume").returncode == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    refused = run_cli("train", tiny_config, "--out", other)
+    assert refused.returncode == 2 and "not a devtms run" in refused.stderr
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
