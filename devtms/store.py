@@ -138,14 +138,13 @@ def load_checkpoint_file(path: Path) -> dict[str, torch.Tensor]:
         metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
     except (SafetensorError, ValueError, OSError, UnicodeDecodeError) as e:
         raise RunDirError(
-            f"checkpoint {path} is damaged or not a safetensors file ({e}); "
-            "re-run `devtms train RUN_CONFIG --out RUN_DIR --resume` to retrain from the last "
-            "good checkpoint"
+            f"checkpoint {path} is damaged or not a safetensors file ({e}); run "
+            f"`devtms train {path.parent.parent} --resume` to retrain it from the last good one"
         ) from None
     if metadata.get("sha256") != _content_hash(tensors):
         raise RunDirError(
-            f"checkpoint {path} fails its content check (altered or damaged); re-run "
-            "`devtms train RUN_CONFIG --out RUN_DIR --resume` to retrain from the last good one"
+            f"checkpoint {path} fails its content check (altered or damaged); run "
+            f"`devtms train {path.parent.parent} --resume` to retrain it from the last good one"
         )
     return tensors
 

@@ -216,11 +216,17 @@ def resume_point(run: RunDir, schedule: list[int]) -> tuple[int, dict[str, Tenso
     return good_step, good
 
 
-def train_run(run: RunDir, *, device: str = "cpu") -> None:
-    """Train (or finish training) every instance of `run`, writing checkpoints and the log."""
+def train_run(run: RunDir, *, device: str = "cpu") -> int:
+    """Train (or finish training) every instance of `run`, writing checkpoints and the log.
+
+    Verifies every checkpoint on disk first and resumes after the last good one.
+    -> the number of steps trained (0: the run was already complete and intact).
+    """
     config = run.config
     trainer = BatchTrainer(config, run.instances, device)
     step, tensors = resume_point(run, trainer.schedule)
+    if step == config.train.steps and run.stage_done("train"):
+        return 0
     log = run.read_table(TRAIN_LOG, "devtms train --resume") if step >= 0 else None
     if tensors is not None:
         trainer.load_state(tensors, step)  # the loop re-yields `step` first; it is skipped below
@@ -244,6 +250,7 @@ def train_run(run: RunDir, *, device: str = "cpu") -> None:
     final = run.load_checkpoint(config.train.steps)
     diverged = non_finite_instances(final["W"], final["b"], trainer.instance_ids)
     run.set_stage("train", done=True, last_step=config.train.steps, diverged=diverged)
+    return config.train.steps - max(step, 0)
 
 
 def non_finite_instances(W: Tensor, b: Tensor, ids: np.ndarray) -> list[int]:

@@ -7,8 +7,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from devtms.activations import (
-    ALL, CONTROLS, REGISTRY, VARIANTS, apply_grouped, contiguous_groups, expand_activation_names,
-    get_activation, vjp_grouped,
+    ALL,
+    CONTROLS,
+    REGISTRY,
+    VARIANTS,
+    apply_grouped,
+    contiguous_groups,
+    expand_activation_names,
+    get_activation,
+    vjp_grouped,
 )
 from devtms.errors import UserError
 

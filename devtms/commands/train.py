@@ -16,7 +16,8 @@ EPILOG = """\
 examples:
   devtms train quick                      # a packaged preset, into runs/quick
   devtms train my_study.toml --out runs/s1
-  devtms train quick --resume             # continue an interrupted run
+  devtms train quick --resume             # continue an interrupted run in runs/quick
+  devtms train runs/quick --resume        # the same, naming the run directory
 
 presets: {presets}
 
@@ -38,27 +39,40 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG.format(presets=", ".join(preset_names())),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", metavar="CONFIG_OR_PRESET", help="a TOML file or a preset name")
+    p.add_argument("config", metavar="CONFIG_OR_PRESET",
+                   help="a TOML file, a preset name, or (with --resume) a run directory")
     p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from its last good checkpoint")
+                   help="continue an interrupted run from its last good checkpoint (every "
+                        "checkpoint is verified; damaged ones are retrained)")
     p.add_argument("--force", action="store_true", help="replace an existing run in --out")
     add_device(p)
     p.set_defaults(func=run)
 
 
 def prepare_run_dir(config_arg: str, out: Path | None, resume: bool, force: bool):
-    """Validate the config and the output directory; writes nothing.
+    """Validate the config (or existing run) and the output directory; writes nothing.
 
+    CONFIG_OR_PRESET may also be an existing run directory, which is then resumed (or, with
+    --force, retrained from scratch with its own config).
     -> (config, out, action) with action "create", "replace" or "resume".
     """
     from devtms.config import load_config
     from devtms.store import RUN_JSON, RunDir
 
-    config = load_config(config_arg)
-    out = out if out is not None else DEFAULT_RUNS / config.name
     if resume and force:
         raise UserError("--resume and --force contradict each other: pick one")
+    given = Path(config_arg)
+    if given.is_dir() and (given / RUN_JSON).is_file():
+        if out is not None and out.resolve() != given.resolve():
+            raise UserError(f"{given} is a run directory; --out {out} would be a second one")
+        if not (resume or force):
+            raise UserError(f"{given} is a run directory: pass --resume to continue it or "
+                            "--force to retrain it from scratch")
+        run = RunDir.open(given)
+        return run.config, given, "replace" if force else "resume"
+    config = load_config(config_arg)
+    out = out if out is not None else DEFAULT_RUNS / config.name
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     is_run = (out / RUN_JSON).is_file()
@@ -102,10 +116,10 @@ def run(args: argparse.Namespace) -> int:
             clear_run_dir(out)
         run_dir = (RunDir.open(out) if action == "resume"
                    else RunDir.create(out, config, instance_table(config)))
-        if run_dir.stage_done("train"):
-            print(f"{out}: training already complete ({config.train.steps} steps)")
-            return 0
-        train_run(run_dir, device=args.device)
+        trained = train_run(run_dir, device=args.device)
+    if trained == 0:
+        print(f"{out}: training already complete ({config.train.steps} steps; checkpoints verified)")
+        return 0
     diverged = run_dir.stage("train").get("diverged", [])
     print(f"trained {len(run_dir.instances)} instances for {config.train.steps} steps -> {out}")
     if diverged:
