@@ -58,7 +58,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     kind: DataKind = "sparse-uniform"  # see devtms.data
-    sparsity: tuple[float, ...] = (0.0,)  # swept; S in [0, 1): each feature is 0 w.p. S (sparse-uniform only)
+    sparsity: tuple[float, ...] = (0.0,)  # swept; S in [0, 1): a feature is 0 w.p. S (sparse-uniform)
     importance_ratio: tuple[float, ...] = (1.0,)  # swept; importance I_i = r^i
     n_samples: int = 0  # finite training set of N samples; 0: fresh samples every step
     eval_samples: int = 2048  # fresh-data runs: size of the fixed set the logged loss is measured on

@@ -5,7 +5,7 @@
       instances.csv       one row per instance (config.instance_table)
       checkpoints/        step_00001000.safetensors: all instances stacked (W, b, optimizer state)
       train_log.csv       step, instance, loss
-      llc.csv, llc_traces/, geometry.csv, transitions.csv, report/   (later stages)
+      llc.csv, llc_traces/, geometry.csv, transitions.csv, summary.csv, report/   (later stages)
 
 Guarantees:
 - every write goes to a temporary file in the same directory, is fsynced, then renamed over
@@ -52,6 +52,7 @@ LLC_CSV = "llc.csv"
 LLC_TRACES = "llc_traces"
 GEOMETRY_CSV = "geometry.csv"
 TRANSITIONS_CSV = "transitions.csv"
+SUMMARY_CSV = "summary.csv"
 REPORT_DIR = "report"
 LOCK = ".lock"
 
@@ -91,8 +92,12 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def csv_bytes(table: pd.DataFrame) -> bytes:
+    return table.to_csv(index=False, lineterminator="\n").encode()
+
+
 def write_csv_atomic(path: Path, table: pd.DataFrame) -> None:
-    write_bytes_atomic(path, table.to_csv(index=False, lineterminator="\n").encode())
+    write_bytes_atomic(path, csv_bytes(table))
 
 
 def read_csv(path: Path, what: str, stage: str) -> pd.DataFrame:
@@ -119,7 +124,7 @@ def _content_hash(tensors: dict[str, torch.Tensor]) -> str:
         t = tensors[name].detach().contiguous().cpu()
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d tensors too
     return h.hexdigest()
 
 
@@ -301,6 +306,14 @@ class RunDir:
 
     def write_table(self, name: str, table: pd.DataFrame) -> None:
         write_csv_atomic(self.path / name, table)
+
+    def write_table_if_changed(self, name: str, table: pd.DataFrame) -> bool:
+        """Write a run CSV only if its bytes change (a rerun leaves the file untouched)."""
+        path, data = self.path / name, csv_bytes(table)
+        if path.is_file() and path.read_bytes() == data:
+            return False
+        write_bytes_atomic(path, data)
+        return True
 
 
 @contextlib.contextmanager

@@ -134,3 +134,24 @@ def test_no_run_file_is_a_pickle(trained):
         if path.is_file():
             head = path.read_bytes()[:2]
             assert head not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK"), path
+
+
+def test_adam_state_round_trips_through_a_checkpoint(tmp_path):
+    """Adam's 0-d `step` tensor and moments survive the safetensors checkpoint exactly."""
+    from devtms.config import config_from_dict, instance_table
+    from devtms.store import checkpoint_bytes
+    from devtms.train import BatchTrainer
+
+    config = config_from_dict({"model": {"n_features": 4, "n_hidden": 2},
+                               "train": {"optimizer": "adamw", "steps": 5}})
+    trainer = BatchTrainer(config, instance_table(config))
+    for _ in range(3):
+        trainer.train_step()
+    path = tmp_path / "c.safetensors"
+    path.write_bytes(checkpoint_bytes(trainer.state_tensors(), {"step": "3"}))
+    loaded = load_checkpoint_file(path)
+    resumed = BatchTrainer(config, instance_table(config))
+    resumed.load_state(loaded, 3)
+    for trainer_ in (trainer, resumed):
+        trainer_.train_step()
+    assert torch.equal(trainer.W, resumed.W)
