@@ -170,7 +170,9 @@ def instance_summary(instances: pd.DataFrame, geometry: pd.DataFrame, losses: pd
         drops = ev[ev["kind"] == "loss_drop"]
         last = g.iloc[-1] if len(g) else None
         li = None if llc is None else llc[llc["instance"] == i]
-        onset = tr.superposition_onset(g["step"].to_numpy(), g["n_superposed"].to_numpy(),
+        # superposition: more features represented than the model has dimensions
+        onset = tr.superposition_onset(g["step"].to_numpy(),
+                                       (g["n_represented"] > inst.n_hidden).to_numpy(),
                                        settings.min_persist)
         after = np.nan
         if len(drops) and np.isfinite(onset):

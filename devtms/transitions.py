@@ -61,9 +61,11 @@ lag = log10(their step) - log10(drop step) in decades (positive: after the drop)
 change is seen when the new vertex reaches half the longest norm, the loss falls fastest a
 little later).
 
-"Superposition emerges" at the first step of the final run of checkpoints with at least one
-superposed feature (devtms.geometry); it is "only after the largest loss drop" when that step is
-not before the drop's step minus the tolerance.
+"Superposition emerges" at the first step of the final run of checkpoints in which more
+features are represented than the model has hidden dimensions (n_represented > m: the
+definition of superposition; D_i alone is not used, since random initialisations already share
+dimensions); it is "only after the largest loss drop" when that step is not before the drop's
+step minus the tolerance.
 """
 
 from __future__ import annotations
@@ -441,10 +443,10 @@ def instance_events(steps: Sequence[int], loss: Sequence[float], geometry: pd.Da
     return sorted(rows, key=lambda e: (e["step"], KINDS.index(e["kind"])))
 
 
-def superposition_onset(steps: Sequence[int], n_superposed: Sequence[int],
+def superposition_onset(steps: Sequence[int], in_superposition: Sequence[bool],
                         min_persist: int = 2) -> float:
-    """First step of the final run with superposed features (nan if the run ends without)."""
-    flags = debounce([int(v) > 0 for v in n_superposed], min_persist)
+    """First step of the final run of checkpoints in superposition (nan if the run ends without)."""
+    flags = debounce([bool(v) for v in in_superposition], min_persist)
     if not flags or not flags[-1]:
         return np.nan
     i = len(flags) - 1

@@ -142,9 +142,9 @@ def test_geometry_changes_of_a_planted_k_gon_sequence():
 
 def test_superposition_onset_is_the_start_of_the_final_run():
     steps = [0, 1, 2, 5, 10, 20, 50, 100]
-    assert tr.superposition_onset(steps, [3, 3, 0, 0, 0, 2, 3, 3]) == 20
-    assert tr.superposition_onset(steps, [3, 3, 3, 3, 3, 3, 3, 3]) == 0
-    assert np.isnan(tr.superposition_onset(steps, [2, 2, 2, 0, 0, 0, 0, 0]))
+    assert tr.superposition_onset(steps, [True, True, False, False, False, True, True, True]) == 20
+    assert tr.superposition_onset(steps, [True] * 8) == 0
+    assert np.isnan(tr.superposition_onset(steps, [True] * 3 + [False] * 5))
 
 
 # ---------------------------------------------------------------------------------------------
