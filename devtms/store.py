@@ -316,6 +316,19 @@ class RunDir:
         return True
 
 
+def remove_temporaries(path: Path) -> None:
+    """Delete the temporary files of interrupted atomic writes (only safe under the lock)."""
+    for tmp in Path(path).rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def is_unfinished_creation(path: Path) -> bool:
+    """A directory a killed `devtms train` left before run.json existed: safe to start over."""
+    leftovers = {p.name for p in Path(path).iterdir()} - {LOCK, INSTANCES_CSV}
+    return not (Path(path) / RUN_JSON).exists() and all(
+        n.startswith(".") and n.endswith(".tmp") for n in leftovers)
+
+
 @contextlib.contextmanager
 def lock_dir(path: Path, command: str) -> Iterator[None]:
     path = Path(path)
@@ -332,6 +345,7 @@ def lock_dir(path: Path, command: str) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"`{command}` (pid {os.getpid()})".encode(), 0)
+        remove_temporaries(path)  # left by a writer that was killed mid-write
         yield
     finally:
         os.close(fd)

@@ -58,7 +58,7 @@ def prepare_run_dir(config_arg: str, out: Path | None, resume: bool, force: bool
     -> (config, out, action) with action "create", "replace" or "resume".
     """
     from devtms.config import load_config
-    from devtms.store import RUN_JSON, RunDir
+    from devtms.store import RUN_JSON, RunDir, is_unfinished_creation
 
     if resume and force:
         raise UserError("--resume and --force contradict each other: pick one")
@@ -76,7 +76,7 @@ def prepare_run_dir(config_arg: str, out: Path | None, resume: bool, force: bool
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     is_run = (out / RUN_JSON).is_file()
-    if out.is_dir() and not is_run and any(p.name != ".lock" for p in out.iterdir()):
+    if out.is_dir() and not is_run and not is_unfinished_creation(out):
         raise UserError(f"--out {out} is a non-empty directory that is not a devtms run; "
                         "refusing to write into it")
     if not is_run:
