@@ -99,6 +99,8 @@ class TrainConfig:
     init_bias_std: float = 0.0  # b starts at Normal(0, init_bias_std) (devinterp's example: 10)
     seeds: tuple[int, ...] = (0,)  # swept
     log_every: int = 0  # log the loss every this many steps (0: about 200 points) and at checkpoints
+    shard_size: int = 0  # train instances in shards of this many (0: one shard); executors
+    # (--scheduler dask) run shards in parallel; the shards, not the executor, fix the numbers
 
     def check(self) -> None:
         _require(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
@@ -118,6 +120,7 @@ class TrainConfig:
         for s in self.seeds:
             _require(0 <= s < 2**63, "train.seeds", s, "integers in [0, 2^63)")
         _require(self.log_every >= 0, "train.log_every", self.log_every, ">= 0")
+        _require(self.shard_size >= 0, "train.shard_size", self.shard_size, ">= 0 (0: one shard)")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from devtms.activations import contiguous_groups
 from devtms.config import RunConfig
 from devtms.data import DataKeys, FiniteBatches, FreshBatches, fixed_sets, importance_weights
 from devtms.errors import RunDirError
+from devtms.executors import Executor
 from devtms.progress import progress_bar
 from devtms.schedule import checkpoint_steps, log_steps_default_every
 from devtms.store import TRAIN_LOG, RunDir
@@ -162,9 +163,11 @@ class BatchTrainer:
         self.optimizer.step()
         self.step += 1
 
-    def run(self, progress=None) -> Iterator[Checkpoint]:
-        """Train to the last step, yielding a Checkpoint at every scheduled step >= self.step."""
+    def run(self, progress=None, stop: int | None = None) -> Iterator[Checkpoint]:
+        """Train, yielding a Checkpoint at every scheduled step from self.step up to `stop`
+        (a scheduled step; default the last)."""
         total, every = self.config.train.steps, log_every(self.config)
+        stop = total if stop is None else stop
         schedule = set(self.schedule)
         logged: list[tuple[int, np.ndarray]] = []
         while True:
@@ -174,7 +177,7 @@ class BatchTrainer:
             if step in schedule:
                 yield Checkpoint(step, self.state_tensors(), self._log_rows(logged))
                 logged = []
-            if step == total:
+            if step >= stop:
                 return
             self.train_step()
             if progress is not None:
@@ -217,41 +220,113 @@ def resume_point(run: RunDir, schedule: list[int]) -> tuple[int, dict[str, Tenso
     return good_step, good
 
 
-def train_run(run: RunDir, *, device: str = "cpu") -> int:
+@dataclass
+class ShardTask:
+    """What a worker needs to train one shard of instances from one checkpoint to another."""
+
+    shard: int
+    config: RunConfig
+    instances: pd.DataFrame  # the shard's rows of instances.csv
+    start: int  # the step `state` is at (-1: not started; initialise)
+    stop: int  # train up to this scheduled step
+    state: dict[str, Tensor] | None  # the shard's checkpoint tensors at `start`
+    device: str = "cpu"
+
+
+def train_shard(task: ShardTask) -> tuple[int, list[Checkpoint]]:
+    """Train one shard from task.start to task.stop. -> (shard, its new checkpoints)"""
+    trainer = BatchTrainer(task.config, task.instances, task.device)
+    if task.state is not None:
+        trainer.load_state(task.state, task.start)
+    return task.shard, [c for c in trainer.run(stop=task.stop) if c.step > task.start]
+
+
+def shard_bounds(n_instances: int, shard_size: int) -> list[tuple[int, int]]:
+    """[start, stop) row ranges of the shards (shard_size 0: one shard)."""
+    size = shard_size or n_instances
+    return [(lo, min(lo + size, n_instances)) for lo in range(0, n_instances, size)]
+
+
+def split_state(tensors: dict[str, Tensor], lo: int, hi: int) -> dict[str, Tensor]:
+    """A shard's rows of stacked checkpoint tensors (0-d optimizer counters are shared)."""
+    return {k: v if v.dim() == 0 else v[lo:hi] for k, v in tensors.items()}
+
+
+def merge_checkpoints(parts: list[Checkpoint]) -> Checkpoint:
+    """Shards' checkpoints of one step, in shard order, as one checkpoint of the whole run."""
+    tensors = {k: v if v.dim() == 0 else torch.cat([p.tensors[k] for p in parts])
+               for k, v in parts[0].tensors.items()}
+    log = pd.concat([p.log for p in parts]).sort_values(["step", "instance"], kind="stable")
+    return Checkpoint(parts[0].step, tensors, log.reset_index(drop=True))
+
+
+def train_run(run: RunDir, *, device: str = "cpu", executor: Executor | None = None) -> int:
     """Train (or finish training) every instance of `run`, writing checkpoints and the log.
 
-    Verifies every checkpoint on disk first and resumes after the last good one.
+    Verifies every checkpoint on disk first and resumes after the last good one. Instances
+    train in shards of train.shard_size (one shard by default); an executor runs the shards
+    of each checkpoint interval in parallel, in-process training steps them in lockstep. Both
+    compute exactly the same numbers; only this process writes the run directory.
     -> the number of steps trained (0: the run was already complete and intact).
     """
-    config = run.config
-    trainer = BatchTrainer(config, run.instances, device)
-    step, tensors = resume_point(run, trainer.schedule)
+    config, instances = run.config, run.instances
+    schedule = checkpoint_steps(config.train.steps, config.checkpoints.log_points,
+                                config.checkpoints.linear_every)
+    step, tensors = resume_point(run, schedule)
+    resumed_from = max(step, 0)
     if step == config.train.steps and run.stage_done("train"):
         return 0
     log = run.read_table(TRAIN_LOG, "devtms train --resume") if step >= 0 else None
-    if tensors is not None:
-        trainer.load_state(tensors, step)  # the loop re-yields `step` first; it is skipped below
     if log is not None:
         log = log[log["step"] <= step]  # rows past the resume point are written again
+    bounds = shard_bounds(len(instances), config.train.shard_size)
 
-    bar = progress_bar(config.train.steps, "train", unit="step", initial=max(step, 0))
+    def task(shard: int, stop: int) -> ShardTask:
+        lo, hi = bounds[shard]
+        state = None if tensors is None else split_state(tensors, lo, hi)
+        return ShardTask(shard, config, instances.iloc[lo:hi], step, stop, state, device)
+
     run.set_stage("train", done=False)
+    bar = progress_bar(config.train.steps, "train", unit="step", initial=max(step, 0))
     with bar:
-        for checkpoint in trainer.run(progress=bar):
-            if checkpoint.step <= step:  # already on disk (the resume point itself)
-                continue
+        if executor is None:  # in-process: one live trainer per shard, stepped in lockstep
+            streams = [_live_shard(task(k, config.train.steps), bar if k == 0 else None)
+                       for k in range(len(bounds))]
+            rounds = (list(parts) for parts in zip(*streams, strict=True))
+        else:  # one task per shard per checkpoint interval
+            rounds = _executor_rounds(executor, task, schedule, step, len(bounds), bar)
+        for parts in rounds:
+            checkpoint = merge_checkpoints(parts)
             log = checkpoint.log if log is None else pd.concat([log, checkpoint.log])
             # the log first: a checkpoint on disk always has its log rows
             run.write_table(TRAIN_LOG, log)
             run.save_checkpoint(checkpoint.step, checkpoint.tensors)
+            step, tensors = checkpoint.step, checkpoint.tensors  # the next round starts here
             final = checkpoint.log[checkpoint.log["step"] == checkpoint.step]["loss"].to_numpy()
             if np.isfinite(final).any():
                 bar.set_postfix(median_loss=f"{np.median(final[np.isfinite(final)]):.3g}",
                                 refresh=False)
     final = run.load_checkpoint(config.train.steps)
-    diverged = non_finite_instances(final["W"], final["b"], trainer.instance_ids)
+    diverged = non_finite_instances(final["W"], final["b"], instances["instance"].to_numpy())
     run.set_stage("train", done=True, last_step=config.train.steps, diverged=diverged)
-    return config.train.steps - max(step, 0)
+    return config.train.steps - resumed_from
+
+
+def _live_shard(task: ShardTask, bar) -> Iterator[Checkpoint]:
+    trainer = BatchTrainer(task.config, task.instances, task.device)
+    if task.state is not None:
+        trainer.load_state(task.state, task.start)
+    return (c for c in trainer.run(progress=bar) if c.step > task.start)
+
+
+def _executor_rounds(executor: Executor, task, schedule: list[int], step: int, n_shards: int,
+                     bar) -> Iterator[list[Checkpoint]]:
+    """Each interval between consecutive checkpoints: all shards as tasks, merged in order."""
+    for stop in [s for s in schedule if s > step]:
+        results = dict(executor.map(train_shard, [task(k, stop) for k in range(n_shards)]))
+        parts = [results[k] for k in range(n_shards)]  # each: [the checkpoint at `stop`]
+        bar.update(stop - max(bar.n, 0))
+        yield [p[0] for p in parts]
 
 
 def non_finite_instances(W: Tensor, b: Tensor, ids: np.ndarray) -> list[int]:

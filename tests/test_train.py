@@ -161,3 +161,22 @@ def test_existing_runs_are_protected(tmp_path, tiny_config):
     refused = run_cli("train", tiny_config, "--out", other)
     assert refused.returncode == 2 and "not a devtms run" in refused.stderr
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_shards_give_the_same_numbers_in_process_and_through_an_executor(tmp_path):
+    """The shards, not the executor, fix the numbers: lockstep in-process training and one
+    task per shard per checkpoint interval write identical checkpoints and logs."""
+    from devtms.executors import LocalExecutor
+
+    config = _tiny_config(steps=120, shard_size=3)
+    runs = []
+    for name, executor in (("lockstep", None), ("tasks", LocalExecutor())):
+        run = RunDir.create(tmp_path / name, config, instance_table(config))
+        assert train_run(run, executor=executor) == 120
+        runs.append(run)
+    a, b = runs
+    assert a.checkpoint_steps() == b.checkpoint_steps()
+    for step in a.checkpoint_steps():
+        ta, tb = a.load_checkpoint(step), b.load_checkpoint(step)
+        assert all(torch.equal(ta[k], tb[k]) for k in ta), step
+    assert (a.path / "train_log.csv").read_bytes() == (b.path / "train_log.csv").read_bytes()
