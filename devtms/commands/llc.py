@@ -1,0 +1,108 @@
+"""devtms llc: the local learning coefficient at every checkpoint of a run, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from devtms.commands import add_device
+
+DESCRIPTION = """\
+Estimate the local learning coefficient (LLC) of every instance at every checkpoint.
+
+The LLC measures the effective number of parameters of the loss basin a checkpoint sits in
+(d/2 for a regular model with d parameters, less for singular ones): SGLD chains sample a
+tempered posterior localized at the checkpoint, and
+    llc = n_beta * (mean sampled minibatch loss - loss at the checkpoint).
+
+Results go to RUN_DIR/llc.csv (one row per instance x step x hyperparameters x engine, with
+llc_mean, llc_std over chains, llc_sem, health) and the sampled loss traces to
+RUN_DIR/llc_traces/. Only estimates missing from llc.csv are computed, and rows are appended
+after every chunk, so a killed job resumes where it stopped when you run the same command again.
+"""
+
+EPILOG = """\
+defaults: the run's [llc] config section (eps, gamma, chains, draws, burnin, batch_size, seed);
+n_beta defaults to N / log N of the LLC dataset (N = data.n_samples of a finite-data run).
+
+examples:
+  devtms llc runs/quick                            # every instance, every checkpoint
+  devtms llc runs/quick --steps last --instances 0-3
+  devtms llc runs/quick --steps 100-1000 --eps 3e-4 --gamma 300 --draws 400
+  devtms llc runs/quick --engine devinterp --steps last --instances 0   # the reference engine
+
+engines: batched (default) runs every chain of a chunk of estimates as one tensor program;
+devinterp runs devinterp's estimate_learning_coeff_with_summary one checkpoint at a time, for
+cross-checks (hundreds of times slower). Pick eps and gamma with `devtms calibrate`.
+Set TQDM_DISABLE=1 to silence the progress bar.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "llc", help="estimate the local learning coefficient at every checkpoint",
+        description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory from `devtms train`")
+    add_selection(p)
+    p.add_argument("--engine", choices=("batched", "devinterp"), default="batched",
+                   help="batched (default) or devinterp (the reference, slow)")
+    add_hyperparameters(p)
+    p.add_argument("--chunk-size", type=int, metavar="K",
+                   help="estimates per chunk (default: from a 512 MB memory budget)")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="run the batched step through torch.compile: auto (default: when the "
+                        "run's LLC job is large enough to repay compiling), on, off")
+    add_device(p)
+    p.set_defaults(func=run)
+
+
+def add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", metavar="SPEC",
+                   help="checkpoint steps: all (default), last, a list 0,100,1000, or a range "
+                        "100-1000 (every checkpoint inside it)")
+    p.add_argument("--instances", metavar="SPEC",
+                   help="instances (rows of instances.csv): all (default), or a list/range 0,3,5-9")
+
+
+def add_hyperparameters(p: argparse.ArgumentParser, grid: bool = False) -> None:
+    g = p.add_argument_group("SGLD hyperparameters (default: the run's [llc] section)")
+    if not grid:
+        g.add_argument("--eps", type=float, help="step size epsilon")
+        g.add_argument("--gamma", type=float, help="localization strength")
+        g.add_argument("--n-beta", type=float, help="inverse temperature (default N / log N)")
+    g.add_argument("--chains", type=int, help="chains per estimate")
+    g.add_argument("--draws", type=int, help="recorded draws per chain (after burn-in)")
+    g.add_argument("--burnin", type=int, help="SGLD steps discarded at the start of every chain")
+    g.add_argument("--batch-size", type=int, help="SGLD minibatch size")
+    g.add_argument("--seed", type=int, help="seed of the SGLD noise and minibatch order")
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    keys = ("eps", "gamma", "n_beta", "chains", "draws", "burnin", "batch_size", "seed")
+    return {k: getattr(args, k, None) for k in keys if getattr(args, k, None) is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    from devtms import llc
+    from devtms.store import RunDir
+
+    run_dir = RunDir.open(args.run_dir)
+    request = llc.build_request(
+        run_dir, instances=args.instances, steps=args.steps, engine=args.engine,
+        overrides=overrides(args), device=args.device, chunk_size=args.chunk_size,
+        compile_setting=args.compile)
+    with run_dir.lock("devtms llc"):
+        summary = llc.run_llc(run_dir, request)
+        run_dir.set_stage("llc", done=llc.default_job_complete(run_dir))
+    p = request.params
+    print(f"llc ({request.engine}, eps={p.eps:g}, gamma={p.gamma:g}, n_beta={p.n_beta:.4g}, "
+          f"{p.chains} chains x {p.draws} draws after {p.burnin} burn-in): "
+          f"{summary.computed} estimated, {summary.already_done} already in "
+          f"{args.run_dir / llc.LLC_CSV}")
+    if summary.unhealthy:
+        print(f"warning: {summary.unhealthy} estimate(s) unhealthy (healthy = false; see the "
+              "reason column); consider `devtms calibrate`", file=sys.stderr)
+    return 0

@@ -1,0 +1,353 @@
+"""The SGLD sampler behind devtms's LLC estimates: one update rule and one fused, batched TMS step.
+
+The update (SCIENCE.md section 4; devinterp's SGLD, Lau et al. 2023), for every parameter w:
+
+    w <- w - eps/2 * (n_beta * grad L_batch(w) + gamma * (w - w*)) + sqrt(eps) * Normal(0, 1)
+
+`sgld_update` is that rule and the only place it is written; `tms_sgld_step` fuses it with the
+TMS loss and its hand-written gradient so that thousands of chains advance in one tensor program.
+
+Chain layout. A step advances every chain of a group of instances that share one activation.
+The chain axis comes LAST, because it is the axis that vectorises (it is long; m and n are tiny):
+
+    W: (I, m, n, P)   b: (I, n, P)   instance i, chain slot p (P = checkpoints x chains)
+    x: (I, B, n)      the minibatch, shared by all P chains of instance i
+    imp: (I, n)       importance
+
+This is model.py's axis order with a trailing chain axis: `W[i, :, :, p]` is an ordinary (m, n)
+weight. Activations are always called with the features on the last axis (`_features_last`).
+
+Why the step is written the way it is:
+- The forward is h = W x (I, B, m, P), pre = W^T h + b (I, B, n, P), and the gradient is
+  dL/dW = sum_b h g^T + q x^T with g = dL/dpre and q = W g (the two uses of W): 3 m n B
+  multiply-adds per chain instead of the n^2 B of forming W^T W. Every contraction is an
+  elementwise product summed by `fixed_sum`, whose order depends only on the summed axis, so
+  every chain's arithmetic is the same whichever other chains share the tensor: an estimate's
+  numbers do not depend on its chunk (a batched matmul's would: its blocking and threading
+  depend on the whole shape).
+- dL/dpre is hand-written for elementwise activations (`ELEMENTWISE_SLOPES`, checked against
+  autograd in tests/test_sgld.py); the over-features activations (softmax, solu, ...) use
+  torch.func.vjp of the registry's own function.
+- Under torch.compile the whole step (forward, gradient, update, health mask, MALA terms)
+  becomes one fused C++ loop nest per activation; without it the same code runs eagerly.
+- A chain whose minibatch loss is not finite or exceeds its `limit` is marked dead, reset to w*
+  and frozen: its slot keeps computing finite numbers, so it cannot poison any other chain.
+
+MALA acceptance (devinterp's `mala_acceptance_probability`, Metropolis-adjusted Langevin) of
+the transition w_t -> w_{t+1} uses the potential U = n_beta L_batch + gamma/2 |w - w*|^2 and its
+gradient dws = n_beta grad L + gamma (w - w*) at both ends, as devinterp's callback does.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from devtms.activations import Activation, get_activation
+
+Tensor = torch.Tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# The update rule
+
+
+def sgld_update(w: Tensor, grad: Tensor, w_star: Tensor, noise: Tensor, eps: Tensor | float,
+                gamma: Tensor | float, n_beta: Tensor | float) -> tuple[Tensor, Tensor]:
+    """One SGLD step for one parameter tensor (any shape). -> (new w, drift dws)
+
+    dws = n_beta grad + gamma (w - w*) is returned because MALA needs it.
+    """
+    dws = n_beta * grad + gamma * (w - w_star)
+    return w - (0.5 * eps) * dws + (eps ** 0.5) * noise, dws
+
+
+# ---------------------------------------------------------------------------------------------
+# d activation / d preactivation for the elementwise activations, at the conventions of torch's
+# autograd (the subgradient chosen at kinks), as functions of (z, f(z)).
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _one(z: Tensor) -> Tensor:
+    return torch.ones_like(z)
+
+
+def _mish_slope(z: Tensor, out: Tensor) -> Tensor:
+    t = torch.tanh(F.softplus(z))
+    return t + z * torch.sigmoid(z) * (1.0 - t * t)
+
+
+def _silu_slope(z: Tensor, out: Tensor) -> Tensor:
+    s = torch.sigmoid(z)
+    return s * (1.0 + z * (1.0 - s))
+
+
+def _gelu_slope(z: Tensor, out: Tensor) -> Tensor:
+    cdf = 0.5 * (1.0 + torch.erf(z * _INV_SQRT_2))
+    return cdf + z * torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
+
+
+ELEMENTWISE_SLOPES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "relu": lambda z, out: (z > 0).to(z.dtype),
+    "leaky_relu": lambda z, out: torch.where(z > 0, 1.0, 0.01).to(z.dtype),
+    "selu": lambda z, out: torch.where(z > 0, _SELU_SCALE, _SELU_SCALE * _SELU_ALPHA * torch.exp(z)),
+    "celu": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
+    "gelu": _gelu_slope,
+    "sigmoid": lambda z, out: out * (1.0 - out),
+    "hardsigmoid": lambda z, out: ((z > -3.0) & (z < 3.0)).to(z.dtype) / 6.0,
+    "silu": _silu_slope,
+    "hardswish": lambda z, out: torch.where(
+        z <= -3.0, 0.0, torch.where(z < 3.0, z / 3.0 + 0.5, 1.0)).to(z.dtype),
+    "mish": _mish_slope,
+    "softplus": lambda z, out: torch.where(z > 20.0, 1.0, torch.sigmoid(z)),
+    "tanh": lambda z, out: 1.0 - out * out,
+    "hardtanh": lambda z, out: ((z > -1.0) & (z < 1.0)).to(z.dtype),
+    "elu": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
+    "hardshrink": lambda z, out: ((z < -0.5) | (z > 0.5)).to(z.dtype),
+    "logsigmoid": lambda z, out: torch.sigmoid(-z),
+    "exp": lambda z, out: out,
+    "exp_linear": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
+    "tanhshrink": lambda z, out: torch.tanh(z).square(),
+    "relu6": lambda z, out: ((z > 0.0) & (z < 6.0)).to(z.dtype),
+    "relu_squared": lambda z, out: 2.0 * F.relu(z),
+    "softshrink": lambda z, out: ((z < -0.5) | (z > 0.5)).to(z.dtype),
+    "softsign": lambda z, out: (1.0 + z.abs()).reciprocal().square(),
+    "linear": lambda z, out: _one(z),
+}
+
+
+def _features_last(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """Apply a registry function to chain-layout preactivations (I, B, n, P): features go last."""
+    return lambda z: fn(z.transpose(-1, -2)).transpose(-1, -2)
+
+
+def value_and_vjp(act: Activation) -> Callable[[Tensor], tuple[Tensor, Callable[[Tensor], Tensor]]]:
+    """act -> (z -> (f(z), v -> v^T df/dz)) for preactivations z in chain layout (I, B, n, P).
+
+    Elementwise activations with a hand-written slope: v * f'(z). Otherwise (the over-features
+    ones, or a new activation without a slope): torch.func.vjp of the registry's function.
+    """
+    slope = ELEMENTWISE_SLOPES.get(act.name) if not act.over_features else None
+    if slope is not None:
+        def elementwise(z: Tensor):
+            out = act.fn(z)
+            s = slope(z, out)
+            return out, lambda v: v * s
+        return elementwise
+    fn = _features_last(act.fn)
+
+    def generic(z: Tensor):
+        out, vjp = torch.func.vjp(fn, z)
+        return out, lambda v: vjp(v)[0]
+    return generic
+
+
+# ---------------------------------------------------------------------------------------------
+# The fused step
+
+
+@dataclass
+class ChainState:
+    """Everything a group of chains carries from one step to the next (chain layout).
+
+    W, b: current parameters; W0, b0: the checkpoint w* they are localized at; alive: (I, P)
+    False once a chain diverged; limit: (I, P) the loss above which a chain counts as diverged;
+    dws_W, dws_b, xi, U: the previous step's drift, noise and potential (for MALA).
+    """
+
+    W: Tensor
+    b: Tensor
+    W0: Tensor
+    b0: Tensor
+    alive: Tensor
+    limit: Tensor
+    dws_W: Tensor
+    dws_b: Tensor
+    xi: Tensor
+    U: Tensor
+
+    @classmethod
+    def start(cls, W0: Tensor, b0: Tensor, limit: Tensor) -> ChainState:
+        """All chains at w*. W0: (I, m, n, P), b0: (I, n, P), limit: (I, P)"""
+        I, m, n, P = W0.shape
+        zeros = W0.new_zeros
+        alive = torch.ones(I, P, dtype=torch.bool, device=W0.device)
+        return cls(W0.clone(), b0.clone(), W0, b0, alive, limit, zeros(I, m, n, P),
+                   zeros(I, n, P), zeros(I, m * n + n, P), zeros(I, P))
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (self.W, self.b, self.W0, self.b0, self.alive, self.limit, self.dws_W, self.dws_b,
+                self.xi, self.U)
+
+    def advance(self, x: Tensor, imp: Tensor, noise: Tensor, hp: Tensor,
+                step: Callable[..., tuple[Tensor, ...]]) -> tuple[Tensor, Tensor]:
+        """Run `step` (from `step_function`) once; -> (loss, mala) of this step, both (I, P)."""
+        (self.W, self.b, self.alive, self.dws_W, self.dws_b, self.xi, self.U, loss,
+         mala) = step(*self.tensors(), x, imp, noise, hp)
+        return loss, mala
+
+
+def fixed_sum(t: Tensor, dim: int) -> Tensor:
+    """Sum over `dim` in an order that depends only on that axis's length, never on the others.
+
+    Compiled, inductor's reduction loop is sequential per chain (the chain axis is the
+    vectorised one). Eagerly, ATen's reduction kernels choose their accumulation order from the
+    shape of the whole tensor, so the same chain would get different last bits in different
+    chunks; a pairwise tree of elementwise adds instead (about the same work).
+    """
+    if torch.compiler.is_compiling():
+        return t.sum(dim)
+    t = t.movedim(dim, 1)
+    while t.shape[1] > 1:
+        half = t.shape[1] // 2
+        paired = t[:, :half] + t[:, half : 2 * half]
+        t = torch.cat([paired, t[:, 2 * half :]], dim=1) if t.shape[1] % 2 else paired
+    return t[:, 0]
+
+
+def tms_sgld_step(act: Activation, bias: bool, W: Tensor, b: Tensor, W0: Tensor, b0: Tensor,
+                  alive: Tensor, limit: Tensor, dws_W: Tensor, dws_b: Tensor, xi: Tensor, U: Tensor,
+                  x: Tensor, imp: Tensor, noise: Tensor, hp: Tensor,
+                  materialize: bool = False) -> tuple[Tensor, ...]:
+    """One SGLD step of every chain of a group of instances sharing `act`. Pure; no in-place.
+
+    W, W0, dws_W: (I, m, n, P); b, b0, dws_b: (I, n, P); alive, limit, U: (I, P);
+    xi, noise: (I, m n + n, P) the previous step's and this step's standard normal noise (W
+    flattened, then b); x: (I, B, n) the minibatch; imp: (I, n);
+    hp: (5,) = eps, gamma, n_beta, grad_scale (2 / (B * features averaged)), loss_scale.
+
+    Returns (W, b, alive, dws_W, dws_b, xi, U, loss, mala): the state after the step, the
+    minibatch loss of every chain at its parameters BEFORE the update (what devinterp records as
+    a draw; NaN for dead chains) and the MALA acceptance probability of the move that brought
+    each chain to those parameters (I, P).
+
+    materialize=True also returns dL/dpre, h and the per-sample error. Under torch.compile
+    that makes inductor compute each of them once into a buffer that the reductions over the
+    minibatch read back, instead of recomputing the forward inside every reduction (2-3x
+    faster for activations with transcendentals); the caller drops them.
+    """
+    eps, gamma, n_beta, grad_scale, loss_scale = hp.unbind(0)
+    I, m, n, P = W.shape
+    noise_W, noise_b = noise[:, : m * n].unflatten(1, (m, n)), noise[:, m * n :]
+    xi_W, xi_b = xi[:, : m * n].unflatten(1, (m, n)), xi[:, m * n :]
+    x5 = x[:, :, None, :, None]  # (I, B, 1, n, 1)
+    h = fixed_sum(x5 * W[:, None], 3)  # h = W x: (I, B, m, P)
+    pre = b[:, None] + fixed_sum(h[:, :, :, None] * W[:, None], 2)  # W^T h + b: (I, B, n, P)
+    out, vjp = value_and_vjp(act)(pre)
+    diff = out - x[..., None]  # (I, B, n, P)
+    wdiff = imp[:, None, :, None] * diff
+    err = fixed_sum(wdiff * diff, 2)  # weighted squared error per sample: (I, B, P)
+    g = vjp(grad_scale * wdiff)  # dL/dpre: (I, B, n, P)
+    q = fixed_sum(W[:, None] * g[:, :, None], 3)  # W g: (I, B, m, P)
+    dW = fixed_sum(h[:, :, :, None] * g[:, :, None] + q[:, :, :, None] * x5, 1)  # (I, m, n, P)
+    loss = fixed_sum(err, 1) * loss_scale  # (I, P)
+
+    W_new, dws_W_new = sgld_update(W, dW, W0, noise_W, eps, gamma, n_beta)
+    dist = fixed_sum((W - W0).square().flatten(1, 2), 1)  # |w - w*|^2: (I, P)
+    if bias:
+        db = fixed_sum(g, 1)  # (I, n, P)
+        b_new, dws_b_new = sgld_update(b, db, b0, noise_b, eps, gamma, n_beta)
+        dist = dist + fixed_sum((b - b0).square(), 1)
+    else:
+        b_new, dws_b_new = b, dws_b
+    U_new = n_beta * loss + 0.5 * gamma * dist  # (I, P)
+
+    # MALA: acceptance of the move (w_{t-1} -> w_t) that brought each chain here. The proposal
+    # residual uses w_t - w_{t-1} = -eps/2 dws_{t-1} + sqrt(eps) xi_{t-1}.
+    def back_residual(prev_dws: Tensor, dws: Tensor, prev_xi: Tensor) -> Tensor:
+        return (0.5 * eps) * (prev_dws + dws) - (eps ** 0.5) * prev_xi
+
+    rW = back_residual(dws_W, dws_W_new, xi_W)
+    back = fixed_sum(rW.square().flatten(1, 2), 1)  # (I, P)
+    fwd = fixed_sum(xi_W.square().flatten(1, 2), 1)
+    if bias:
+        rb = back_residual(dws_b, dws_b_new, xi_b)
+        back = back + fixed_sum(rb.square(), 1)
+        fwd = fwd + fixed_sum(xi_b.square(), 1)
+    log_accept = -back / (2.0 * eps) + 0.5 * fwd + U - U_new
+    mala = torch.exp(torch.clamp(log_accept, max=0.0))
+
+    # Health: a chain whose loss is not finite or explodes dies here; it restarts at w* and is
+    # frozen there (finite numbers in its slot from now on, so nothing can spread).
+    alive_new = alive & torch.isfinite(loss) & (loss <= limit)
+    keep = alive_new[:, None, None, :]
+    W_new = torch.where(keep, W_new, W0)
+    if bias:
+        b_new = torch.where(alive_new[:, None, :], b_new, b0)
+    nan = torch.full_like(loss, float("nan"))
+    loss = torch.where(alive_new, loss, nan)
+    mala = torch.where(alive_new & alive, mala, nan)
+    out = (W_new, b_new, alive_new, dws_W_new, dws_b_new, noise, U_new, loss, mala)
+    return out + (g, h, err) if materialize else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled or eager: one step function per (activation, bias)
+
+STEP_OUTPUTS = 9  # what `tms_sgld_step` returns without `materialize`
+_COMPILED: dict[tuple[str, bool, bool], Callable[..., tuple[Tensor, ...]]] = {}
+_LOCK = threading.Lock()
+
+
+def step_function(activation: str, bias: bool, compiled: bool) -> Callable[..., tuple[Tensor, ...]]:
+    """The step for one activation: `fn(*state, x, imp, noise_W, noise_b, hp)`.
+
+    compiled=True wraps it in torch.compile (dynamic shapes: one compile per activation, n and
+    m, reused for every chunk; cached on disk by torch across processes).
+    """
+    key = (activation, bias, compiled)
+    with _LOCK:
+        if key not in _COMPILED:
+            act = get_activation(activation)
+
+            def step(*args: Tensor) -> tuple[Tensor, ...]:
+                return tms_sgld_step(act, bias, *args, materialize=compiled)
+
+            if compiled:  # torch.compile caches per code object: give each activation its own
+                code = step.__code__.replace(co_name=f"sgld_step_{activation}_{int(bias)}")
+                step = types.FunctionType(code, step.__globals__, code.co_name, None,
+                                          step.__closure__)
+            _COMPILED[key] = _compiled(step) if compiled else step
+        return _COMPILED[key]
+
+
+def _compiled(fn: Callable[..., tuple[Tensor, ...]]) -> Callable[..., tuple[Tensor, ...]]:
+    """torch.compile with every dimension dynamic and no "duck sizing" (which would tie equal
+    sizes together and recompile when a later chunk breaks the tie)."""
+    from torch.fx.experimental import _config as fx_config
+
+    compiled = torch.compile(fn, dynamic=False)
+
+    def run(*args: Tensor) -> tuple[Tensor, ...]:
+        # instances (first axis), chains (last axis) and the batch size vary between calls;
+        # m and n stay fixed, so inductor unrolls the small contractions over them
+        for k, t in enumerate(args[:-1]):
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+            if k not in (10, 11):  # chain layout: the chains are the last axis
+                torch._dynamo.maybe_mark_dynamic(t, t.dim() - 1)
+        torch._dynamo.maybe_mark_dynamic(args[10], 1)  # x: (I, B, n)
+        duck = fx_config.use_duck_shape  # (config.patch costs more than the call itself)
+        fx_config.use_duck_shape = False
+        try:
+            return compiled(*args)[:STEP_OUTPUTS]
+        finally:
+            fx_config.use_duck_shape = duck
+
+    return run
+
+
+def compile_available() -> bool:
+    """Whether torch.compile can build CPU kernels here (it needs a C++ compiler)."""
+    import shutil
+
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))

@@ -1,0 +1,212 @@
+"""The batched LLC estimator against its oracles: devinterp's estimator, a closed-form learning
+coefficient, and itself (chunk independence, isolation of diverging chains)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from devtms import llc
+from devtms.config import config_from_dict, instance_table
+from devtms.data import sample_features
+from devtms.rng import generator
+from devtms.store import RunDir
+from devtms.train import train_run
+
+ACTIVATIONS = ["relu", "gelu", "tanh"]
+
+
+def train_short(path: Path, preset: str, steps: int, activations: list[str], seeds: list[int],
+                log_points: int = 4) -> RunDir:
+    """A preset's setup, trained for fewer steps on a few activations."""
+    raw = tomllib.loads(resources.files("devtms.presets").joinpath(f"{preset}.toml").read_text())
+    raw["model"]["activations"] = activations
+    raw["train"].update(steps=steps, seeds=seeds)
+    raw["checkpoints"] = {"log_points": log_points}
+    config = config_from_dict(raw)
+    run = RunDir.create(path, config, instance_table(config))
+    train_run(run)
+    return run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: threads only add contention (devinterp slows ~10x with 2 on a busy box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, RunDir]:
+    root = tmp_path_factory.mktemp("llc_runs")
+    return {
+        "devinterp-tms": train_short(root / "dtms", "devinterp-tms", 1000, ACTIVATIONS, [1]),
+        "chen2023": train_short(root / "chen", "chen2023", 1000, ACTIVATIONS, [0]),
+    }
+
+
+def task_for(run: RunDir, instances: list[int], steps: list[int], engine: str = "batched",
+             **overrides) -> llc.ChunkTask:
+    request = llc.build_request(run, instances=",".join(map(str, instances)),
+                                steps=",".join(map(str, steps)), engine=engine,
+                                overrides=overrides, compile_setting="off")
+    return llc.RunInputs(run, request.instances, request.steps).task(request.instances,
+                                                                     request.steps, request)
+
+
+# ---------------------------------------------------------------------------------------------
+# (1) agreement with devinterp
+
+
+@pytest.mark.parametrize("preset", ["devinterp-tms", "chen2023"])
+def test_batched_and_devinterp_engines_agree_within_combined_standard_error(runs, preset):
+    """Same checkpoints, hyperparameters, LLC dataset and init loss through both engines.
+
+    Tolerance: |a - b| <= 3 sqrt(sem_a^2 + sem_b^2), sem = std over chains / sqrt(chains). The
+    engines use different random streams, so their means differ by a draw from a distribution
+    with about that spread; 3 combined standard errors keeps a false alarm under 1% per
+    comparison while a wrong n_beta factor, init loss or gradient (errors of 10-100%) fails.
+    The batched engine's chains share minibatches (devinterp's do not), which correlates them
+    a little; the comparison checks that this does not move the estimate.
+    """
+    run = runs[preset]
+    last = run.checkpoint_steps()[-1]
+    hp = dict(chains=8, draws=100, burnin=100)
+    instances = list(range(len(ACTIVATIONS)))
+    rows = {}
+    for engine in llc.ENGINES:
+        result = llc.estimate_chunk(task_for(run, instances, [last], engine, **hp))
+        rows[engine] = pd.DataFrame(result.rows).set_index("instance")
+    a, b = rows["batched"], rows["devinterp"]
+    assert (a["init_loss"] == b["init_loss"]).all()
+    for i in instances:
+        se = math.sqrt(a.loc[i, "llc_sem"] ** 2 + b.loc[i, "llc_sem"] ** 2)
+        assert abs(a.loc[i, "llc_mean"] - b.loc[i, "llc_mean"]) <= 3 * se, (preset, i, a.loc[i],
+                                                                           b.loc[i])
+        assert a.loc[i, "llc_mean"] > 0.05  # a real estimate, not two zeros agreeing
+        assert abs(a.loc[i, "mala_acceptance"] - b.loc[i, "mala_acceptance"]) < 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# (2) a known learning coefficient
+
+
+def test_regular_tms_instance_lands_within_10_percent_of_d_over_2():
+    """A linear TMS with one hidden dimension and no bias, x' = w w^T x, w in R^n, at its exact
+    empirical minimum (w* = the top eigenvector of the data's second moment, an isolated
+    minimum up to the sign of w) is a regular model: the map w -> w w^T has full rank n at
+    w != 0 and the loss is a positive-definite quadratic in w w^T, so the Hessian is
+    nondegenerate and lambda = d / 2 = n / 2. The features are scaled so that n_beta times the
+    curvature dwarfs gamma and the higher-order terms of the loss."""
+    n, N = 4, 1000
+    x = sample_features("sparse-uniform", N, n, 0.5, generator(0, "theory")) \
+        * 3.0 * torch.tensor([1.0, 0.6, 0.4, 0.3])
+    second_moment = x.double().T @ x.double() / N
+    w_star = torch.linalg.eigh(second_moment).eigenvectors[:, -1].float()  # (n,)
+    params = llc.LLCParams(eps=2e-4, gamma=0.1, n_beta=N / math.log(N), chains=16, draws=3000,
+                           burnin=500, batch_size=250, seed=0, n_samples=N)
+    task = llc.ChunkTask("batched", [0], [0], ["linear"], [0], w_star[None, None, None],
+                         torch.zeros(1, 1, n), x[None], torch.ones(1, n), bias=False,
+                         reduction="mean", params=params)
+    row = llc.estimate_chunk(task).rows[0]
+    assert row["healthy"]
+    assert abs(row["llc_mean"] - n / 2) / (n / 2) < 0.10, row
+
+
+# ---------------------------------------------------------------------------------------------
+# (4) divergence is flagged and isolated
+
+
+def test_diverging_estimate_is_flagged_and_leaves_the_others_untouched(runs):
+    run = runs["chen2023"]
+    steps = run.checkpoint_steps()[-2:]
+    hp = dict(chains=6, draws=40, burnin=20, eps=3e-3)
+    clean = llc.estimate_chunk(task_for(run, [0, 1], steps, **hp))
+    task = task_for(run, [0, 1], steps, **hp)
+    # a third instance: instance 1's checkpoints blown up and run through exp: its loss explodes
+    wild = dataclasses.replace(
+        task, instances=[0, 1, 99], seeds=task.seeds + [5], activations=task.activations + ["exp"],
+        W0=torch.cat([task.W0, 4.0 * task.W0[1:2]]), b0=torch.cat([task.b0, task.b0[1:2]]),
+        data=torch.cat([task.data, task.data[1:2]]),
+        importance=torch.cat([task.importance, task.importance[1:2]]))
+    mixed = llc.estimate_chunk(wild)
+    wild_rows = [r for r in mixed.rows if r["instance"] == 99]
+    assert wild_rows and all(not r["healthy"] and "diverged" in r["reason"] for r in wild_rows)
+    assert all(r["num_diverged"] > 0 for r in wild_rows)
+    kept = [r for r in mixed.rows if r["instance"] != 99]
+    assert kept == clean.rows  # bit for bit: the diverged chains touched nothing else
+    assert all(r["healthy"] for r in clean.rows)
+
+
+def test_summary_excludes_diverged_chains_and_flags_the_estimate():
+    g = torch.Generator().manual_seed(0)
+    loss = 1.0 + 0.01 * torch.rand(2, 8, 50, generator=g)
+    loss[0, [2, 5], 30:] = float("nan")  # two chains of estimate 0 diverged during the draws
+    init = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    a, b = llc.summarize(loss, init, n_beta=100.0, n_params=18)
+    good = 100.0 * (loss[0, [0, 1, 3, 4, 6, 7]].double().mean(-1) - 1.0)
+    assert a["num_diverged"] == 2 and not a["healthy"] and "2 of 8" in a["reason"]
+    assert a["llc_mean"] == pytest.approx(float(good.mean()))
+    assert a["llc_std"] == pytest.approx(float(good.std()))
+    assert b["healthy"] and b["num_diverged"] == 0 and b["reason"] == ""
+
+
+def test_clearly_negative_and_impossibly_large_llcs_are_flagged():
+    loss = torch.stack([torch.full((4, 10), 0.5), torch.full((4, 10), 10.0)])
+    loss = loss + 1e-3 * torch.arange(4.0)[:, None]
+    rows = llc.summarize(loss, torch.tensor([1.0, 1.0], dtype=torch.float64), 100.0, 18)
+    assert "negative" in rows[0]["reason"] and not rows[0]["healthy"]
+    assert "above d/2" in rows[1]["reason"] and not rows[1]["healthy"]
+
+
+# ---------------------------------------------------------------------------------------------
+# (5) chunk independence
+
+
+def test_an_estimate_is_identical_in_any_chunking(runs):
+    run = runs["devinterp-tms"]
+    steps = run.checkpoint_steps()[-3:]
+    hp = dict(chains=4, draws=70, burnin=30)  # 100 steps: crosses a noise block boundary
+    whole = llc.estimate_chunk(task_for(run, [0, 1, 2], steps, **hp))
+    by_row = {(r["instance"], r["step"]): r for r in whole.rows}
+    pieces = [([1], [steps[1]]), ([0, 2], steps[:2]), ([2], steps), ([0, 1], [steps[2]])]
+    for instances, chunk_steps in pieces:
+        part = llc.estimate_chunk(task_for(run, instances, chunk_steps, **hp))
+        for e, row in enumerate(part.rows):
+            assert row == by_row[(row["instance"], row["step"])]
+            k = [(i, s) for i in [0, 1, 2] for s in steps].index((row["instance"], row["step"]))
+            assert torch.equal(part.traces["loss"][e], whole.traces["loss"][k])
+
+
+@pytest.mark.slow
+def test_compiled_estimates_are_identical_in_any_chunking(runs):
+    run = runs["chen2023"]
+    steps = run.checkpoint_steps()[-2:]
+    hp = dict(chains=4, draws=40, burnin=10)
+
+    def compiled(task):
+        return llc.estimate_chunk(dataclasses.replace(task, compiled=True))
+
+    whole = compiled(task_for(run, [0, 1, 2], steps, **hp))
+    by_row = {(r["instance"], r["step"]): r for r in whole.rows}
+    for instances, chunk_steps in [([1], [steps[0]]), ([0, 2], steps)]:
+        for row in compiled(task_for(run, instances, chunk_steps, **hp)).rows:
+            assert row == by_row[(row["instance"], row["step"])]
+
+
+def test_chunk_plan_covers_every_pending_estimate_once():
+    pending = [(i, s) for i in range(5) for s in (0, 10, 20)] + [(7, 10)]
+    for size in (1, 2, 3, 4, 7, 100):
+        chunks = llc.plan_chunks(pending, size)
+        covered = [(i, s) for instances, steps in chunks for i in instances for s in steps]
+        assert sorted(covered) == sorted(pending)
+        assert all(len(i) * len(s) <= max(size, 1) for i, s in chunks)

@@ -1,0 +1,151 @@
+"""`devtms llc` and `devtms calibrate` as a user runs them: files, resumption, kills, bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from devtms.llc import COLUMNS, CONTRACT_COLUMNS
+from devtms.store import LLC_CSV, LLC_TRACES, RunDir
+
+from .conftest import REPO, TINY_TOML, run_cli
+
+ENV = {"OMP_NUM_THREADS": "1"}  # tiny tensors: threads only add contention
+
+
+def snapshot(path: Path) -> dict[str, tuple[int, int]]:
+    """Every file under path with its size and mtime: equal snapshots mean nothing was written."""
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("llc_cli")
+    (root / "tiny.toml").write_text(TINY_TOML)
+    result = run_cli("train", root / "tiny.toml", "--out", root / "run", env=ENV)
+    assert result.returncode == 0, result.stderr
+    return root / "run"
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    dest = tmp_path / "run"
+    shutil.copytree(trained, dest)
+    return dest
+
+
+def test_llc_writes_the_contract_columns_and_a_second_run_adds_nothing(run_copy):
+    first = run_cli("llc", run_copy, env=ENV)
+    assert first.returncode == 0, first.stderr
+    table = pd.read_csv(run_copy / LLC_CSV)
+    assert list(table.columns[: len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
+    assert list(table.columns) == COLUMNS
+    run = RunDir.open(run_copy)
+    assert len(table) == len(run.instances) * len(run.checkpoint_steps())
+    assert not table.duplicated(["instance", "step"]).any()
+    assert (table["engine"] == "batched").all() and (table["num_chains"] == 2).all()
+    assert sorted((run_copy / LLC_TRACES).glob("*.safetensors"))
+    assert run.stage_done("llc")
+    before = snapshot(run_copy)
+    second = run_cli("llc", run_copy, env=ENV)
+    assert second.returncode == 0, second.stderr
+    assert "0 estimated" in second.stdout
+    after = snapshot(run_copy)
+    assert after[LLC_CSV] == before[LLC_CSV]  # llc.csv not even rewritten
+
+
+def test_new_hyperparameters_add_rows_beside_the_old_ones(run_copy):
+    assert run_cli("llc", run_copy, "--steps", "last", "--instances", "0-1", env=ENV).returncode == 0
+    assert run_cli("llc", run_copy, "--steps", "last", "--instances", "0-1", "--eps", "3e-4",
+                   env=ENV).returncode == 0
+    table = pd.read_csv(run_copy / LLC_CSV)
+    assert sorted(table["eps"].unique()) == [3e-4, 1e-3]
+    assert len(table) == 4
+
+
+BAD = [  # the table-driven sweep of every command lives in the reliability tests; these are llc's
+    (["llc", "{notrun}"], "not a devtms run"),
+    (["llc", "{run}", "--instances", "99"], "unknown instance 99"),
+    (["llc", "{run}", "--steps", "7"], "no checkpoint at step 7"),
+    (["llc", "{run}", "--steps", "5000-6000"], "no checkpoint in that range"),
+    (["llc", "{run}", "--eps", "-1"], "llc.eps"),
+    (["llc", "{run}", "--chains", "0"], "llc.chains"),
+    (["llc", "{run}", "--batch-size", "5000"], "--batch-size"),
+    (["llc", "{run}", "--chunk-size", "0"], "--chunk-size"),
+    (["llc", "{run}", "--device", "cuda"], "CUDA"),
+    (["calibrate", "{run}", "--step", "last", "--eps-grid", "1e-3,-1"], "--eps-grid"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a[2:]) or a[0] for a, _ in BAD])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(run_copy, tmp_path, argv, message):
+    notrun = tmp_path / "notrun"
+    notrun.mkdir()
+    args = [a.format(run=run_copy, missing=tmp_path / "missing", notrun=notrun) for a in argv]
+    before = snapshot(run_copy)
+    result = run_cli(*args, env=ENV)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert snapshot(run_copy) == before
+
+
+def test_llc_refuses_a_run_whose_training_is_not_complete(run_copy):
+    run = RunDir.open(run_copy)
+    run.set_stage("train", done=False)
+    before = snapshot(run_copy)
+    result = run_cli("llc", run_copy, env=ENV)
+    assert result.returncode == 2 and "training is not complete" in result.stderr
+    assert snapshot(run_copy) == before
+
+
+def test_killed_llc_resumes_to_exactly_the_uninterrupted_result(trained, tmp_path):
+    """SIGKILL after some chunks are written, rerun: the same llc.csv, byte for byte."""
+    args = ["--chunk-size", "3", "--draws", "60"]
+    clean = tmp_path / "clean"
+    shutil.copytree(trained, clean)
+    assert run_cli("llc", clean, *args, env=ENV).returncode == 0
+    expected = (clean / LLC_CSV).read_bytes()
+
+    killed = tmp_path / "killed"
+    shutil.copytree(trained, killed)
+    env = {**os.environ, "TQDM_DISABLE": "1", **ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "devtms.cli", "llc", str(killed), *args],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        csv = killed / LLC_CSV
+        if csv.exists() and len(csv.read_bytes().splitlines()) > 7:  # two chunks in
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = pd.read_csv(killed / LLC_CSV)
+    assert 0 < len(partial) < len(pd.read_csv(clean / LLC_CSV))
+    resumed = run_cli("llc", killed, *args, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (killed / LLC_CSV).read_bytes() == expected
+    assert f"{len(partial)} already in" in resumed.stdout
+
+
+def test_calibrate_writes_a_table_and_a_figure(run_copy):
+    result = run_cli("calibrate", run_copy, "--step", "last", "--instances", "0,2",
+                     "--eps-grid", "1e-4,1e-2", "--gamma-grid", "10,1000", env=ENV)
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(next((run_copy / "calibration").glob("*.csv")))
+    assert len(table) == 2 * 2 * 2
+    assert {"eps", "gamma", "llc_mean", "healthy", "mala_acceptance", "llc_drift"} <= set(table)
+    png = next((run_copy / "calibration").glob("*.png")).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert not (run_copy / LLC_CSV).exists()  # calibration never touches llc.csv
