@@ -1,0 +1,290 @@
+"""devtms report: one self-contained HTML file whose every figure decodes, PNG + PDF beside it,
+a summary row per activation, diverged and unhealthy entries visible, and bad input refused.
+
+One tiny run is trained once through the real CLI (3 activations x 2 seeds, an lr at which
+`exp` diverges), then reported on before and after the later stages.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib.util
+import io
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from .conftest import run_cli
+
+TOML = """\
+name = "reporttiny"
+
+[model]
+n_features = 5
+n_hidden = 2
+activations = ["relu", "exp", "linear"]
+
+[data]
+kind = "single-feature"
+n_samples = 200
+
+[train]
+steps = 200
+batch_size = 50
+optimizer = "sgd"
+lr = 2.5
+momentum = 0.9
+seeds = [0, 1]
+
+[checkpoints]
+log_points = 8
+
+[llc]
+chains = 2
+draws = 20
+burnin = 20
+batch_size = 50
+"""
+
+ACTIVATIONS = ["relu", "exp", "linear"]
+HAS_ANALYZE = importlib.util.find_spec("devtms.commands.analyze") is not None
+HAS_LLC = importlib.util.find_spec("devtms.commands.llc") is not None
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A trained run, no later stages; tests copy it before adding to it."""
+    root = tmp_path_factory.mktemp("report")
+    (root / "tiny.toml").write_text(TOML)
+    result = run_cli("train", root / "tiny.toml", "--out", root / "run")
+    assert result.returncode == 0, result.stderr
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def analyzed(trained: Path, tmp_path_factory) -> Path:
+    """The run after every later stage that exists in this devtms (llc, analyze)."""
+    run = tmp_path_factory.mktemp("analyzed") / "run"
+    shutil.copytree(trained, run)
+    if HAS_LLC:
+        result = run_cli("llc", run)
+        assert result.returncode == 0, result.stderr
+    if HAS_ANALYZE:
+        result = run_cli("analyze", run)
+        assert result.returncode == 0, result.stderr
+    return run
+
+
+@pytest.fixture(scope="module")
+def full_report(analyzed: Path) -> Path:
+    """The default report of the run after every later stage."""
+    result = run_cli("report", analyzed)
+    assert result.returncode == 0, result.stderr
+    return analyzed / "report" / "index.html"
+
+
+class Page(HTMLParser):
+    """What the self-containment checks need from an HTML page."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.tables: list[list[list[str]]] = []  # tables -> body rows -> cell texts
+        self._cell: list[str] | None = None
+        self._in_body = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self.tables[-1].append([])
+        elif tag == "td" and self._in_body:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "tbody":
+            self._in_body = False
+        elif tag == "td" and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def parse(path: Path) -> tuple[str, Page]:
+    text = path.read_text()
+    page = Page()
+    page.feed(text)
+    return text, page
+
+
+def assert_self_contained(text: str, page: Page) -> None:
+    assert "http://" not in text and "https://" not in text
+    assert not re.search(r"url\(\s*['\"]?(?!data:)", text), "CSS url() to a file"
+    assert "@import" not in text
+    for tag, attrs in page.tags:
+        assert tag not in ("link", "iframe", "object", "embed"), tag
+        for name in ("src", "href", "data"):
+            value = attrs.get(name)
+            if value is None:
+                continue
+            assert value.startswith(("data:", "#")), f"<{tag} {name}={value[:60]!r}>"
+        if tag == "script":
+            assert "src" not in attrs
+
+
+def assert_figures(out: Path, page: Page) -> list[str]:
+    """Every <img> is an embedded PNG that decodes; its PNG and PDF files exist beside."""
+    images = [attrs["src"] for tag, attrs in page.tags if tag == "img"
+              and not attrs.get("alt", "").startswith("calibration")]
+    assert images
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        img = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        img.load()
+        assert img.width > 200 and img.height > 100
+    stems = [attrs["id"].removeprefix("fig-") for tag, attrs in page.tags
+             if tag == "figure" and attrs.get("id", "").startswith("fig-")]
+    assert len(stems) == len(images) == len(set(stems))
+    fig_dir = out.parent / ("figures" if out.name == "index.html" else f"{out.stem}_figures")
+    for stem in stems:
+        png, pdf = fig_dir / f"{stem}.png", fig_dir / f"{stem}.pdf"
+        Image.open(png).load()
+        assert pdf.read_bytes().startswith(b"%PDF")
+    assert len(list(fig_dir.glob("*.png"))) == len(stems)
+    assert not list(out.parent.rglob("*.tmp"))
+    return stems
+
+
+def summary_rows(page: Page) -> list[list[str]]:
+    """The first table of the page is the summary table."""
+    return page.tables[0]
+
+
+def test_full_report_is_self_contained_and_shows_every_activation(analyzed: Path,
+                                                                   full_report: Path):
+    out = full_report
+    text, page = parse(out)
+    assert_self_contained(text, page)
+    stems = assert_figures(out, page)
+    assert {"loss_grid", "final_geometry"} <= set(stems)
+    assert {f"condition_{a}" for a in ACTIVATIONS} <= set(stems)
+    rows = summary_rows(page)
+    assert sorted(r[0] for r in rows) == sorted(ACTIVATIONS)  # one row per activation
+    # diverged training instances are listed in the health section, by id and activation
+    diverged = json.loads((analyzed / "run.json").read_text())["stages"]["train"]["diverged"]
+    assert diverged, "the test config should make exp diverge"
+    health = text[text.index("Health"):text.index("Across activations")]
+    assert f"{len(diverged)} training instance(s) diverged" in health
+    for i in diverged:
+        assert re.search(rf"<td data-v=\"{float(i)!r}\">{i}</td>", health)
+    if HAS_ANALYZE:
+        assert "from summary.csv" in text
+    if HAS_LLC:
+        assert "llc_grid" in stems and "llc_vs_loss" in stems
+        assert "LLC hyperparameters that produced the estimates" in text
+    else:
+        assert "no LLC estimates yet" in text
+
+
+@pytest.mark.skipif(not HAS_LLC, reason="`devtms llc` is not in this devtms yet")
+def test_unhealthy_llc_estimates_are_listed_with_their_reason(analyzed: Path, full_report: Path):
+    import pandas as pd
+
+    text = full_report.read_text()
+    llc = pd.read_csv(analyzed / "llc.csv")
+    healthy = llc["healthy"].astype(str).str.lower().isin(["true", "1"])
+    # the diverged exp instance has non-finite weights: its chains diverge, its estimates are
+    # flagged; the report lists every flagged estimate with its reason
+    assert not healthy.all()
+    assert f"{int((~healthy).sum())} of {len(llc)} LLC estimates are flagged unhealthy" in text
+    for reason in llc.loc[~healthy, "reason"].dropna().unique():
+        assert html.escape(str(reason)) in text
+    listing = text[text.index("Every unhealthy estimate"):]
+    listing = listing[:listing.index("</details>")]
+    assert listing.count("<tr>") == 1 + int((~healthy).sum())  # header + one row each
+
+
+def test_several_runs_make_one_comparison_report_then_one_run_replaces_it(
+        trained: Path, analyzed: Path, tmp_path):
+    out = tmp_path / "compare.html"
+    figures = tmp_path / "compare_figures"
+    figures.mkdir()
+    (tmp_path / "mine.png").write_bytes(b"not the report's")
+    result = run_cli("report", trained, analyzed, "--out", out)
+    assert result.returncode == 0, result.stderr
+    text, page = parse(out)
+    assert_self_contained(text, page)
+    stems = assert_figures(out, page)
+    assert "Comparison across runs" in text
+    assert {"compare_finals", "compare_loss_grid"} <= set(stems)
+    assert any(s.startswith("run-") for s in stems) and any(s.startswith("run-2-") for s in stems)
+
+    # the same file from the run before its later stages: it says what to run, its summary is
+    # provisional; the figures only the comparison wrote are gone, a file it did not write stays
+    (tmp_path / "mine.png").rename(figures / "mine.png")
+    result = run_cli("report", trained, "--out", out)
+    assert result.returncode == 0, result.stderr
+    (figures / "mine.png").rename(tmp_path / "mine.png")
+    text, page = parse(out)
+    assert_self_contained(text, page)
+    stems = assert_figures(out, page)
+    assert not any(s.startswith(("run-", "compare_")) for s in stems)
+    assert "no LLC estimates yet: run `devtms llc" in text
+    assert "run `devtms analyze" in text and "provisional" in text
+    assert sorted(r[0] for r in summary_rows(page)) == sorted(ACTIVATIONS)
+    assert not (trained / "report").exists()  # --out elsewhere: nothing written into the run
+
+
+@pytest.mark.parametrize("case", ["missing", "not_a_run", "untrained", "file", "bad_out",
+                                  "several_without_out", "same_twice"])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, trained: Path, tmp_path, capsys):
+    """In-process (the same `main` the console script runs), to keep the suite fast."""
+    from devtms.cli import main
+
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    for name in ("run.json", "instances.csv"):
+        shutil.copy(trained / name, untrained / name)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("x")
+    args = {
+        "missing": [tmp_path / "nope"],
+        "not_a_run": [tmp_path / "empty"],
+        "untrained": [untrained],
+        "file": [tmp_path / "afile"],
+        "bad_out": [trained, "--out", tmp_path / "report.txt"],
+        "several_without_out": [trained, tmp_path / "empty"],
+        "same_twice": [trained, trained, "--out", tmp_path / "x.html"],
+    }[case]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    trained_before = sorted(trained.rglob("*"))
+    assert main(["report", *map(str, args)]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("devtms report: error:"), err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert sorted(trained.rglob("*")) == trained_before
+
+
+def test_help_explains_stages_outputs_and_several_runs(capsys):
+    from devtms.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for words in ("self-contained", "PNG and PDF", "devtms llc", "devtms analyze", "--out",
+                  "several runs", "unhealthy"):
+        assert words in text
