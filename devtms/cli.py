@@ -17,7 +17,7 @@ from devtms import __version__
 from devtms.errors import UserError
 
 # In the order `devtms --help` lists them.
-COMMANDS = ["activations", "train", "analyze"]
+COMMANDS = ["activations", "train", "llc", "calibrate", "analyze", "report", "study"]
 
 
 class Parser(argparse.ArgumentParser):

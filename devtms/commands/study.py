@@ -1,0 +1,65 @@
+"""devtms study: train -> llc -> analyze -> report in one resumable command."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from devtms.commands import add_device
+
+DESCRIPTION = """\
+Run a whole study on a config or preset: train every instance, estimate the LLC at every
+checkpoint, analyze geometry and phase transitions, and write the HTML report.
+
+Each stage skips what is already done, so the command resumes after any interruption (run it
+again) and is cheap to re-run: a finished study only re-renders its report. The run directory
+holds everything (see README: the run directory).
+"""
+
+EPILOG = """\
+examples:
+  devtms study quick                         # all 27 variants + 2 controls, a few minutes on 2 cores
+  devtms study chen2023 --out runs/chen      # k-gon transitions of Chen et al. 2023, 16 seeds
+  devtms study my_study.toml
+  devtms study runs/quick                    # continue (or re-report) an existing run
+
+The stages separately: devtms train, devtms llc, devtms analyze, devtms report.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study", help="train -> llc -> analyze -> report in one resumable command",
+        description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", metavar="CONFIG_OR_PRESET",
+                   help="a TOML file, a preset name, or an existing run directory")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing run in --out and start over")
+    add_device(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from devtms.commands.train import clear_run_dir, prepare_run_dir
+    from devtms.config import instance_table
+    from devtms.llc import check_device
+    from devtms.store import RunDir, lock_dir
+    from devtms.study import run_study
+
+    config, out, action = prepare_run_dir(args.config, args.out, resume=not args.force,
+                                          force=args.force)
+    device = check_device(args.device)
+    start = time.perf_counter()
+    with lock_dir(out, "devtms study"):
+        if action == "replace":
+            clear_run_dir(out)
+        run_dir = (RunDir.open(out) if action == "resume"
+                   else RunDir.create(out, config, instance_table(config)))
+        print(f"study {config.name}: {len(run_dir.instances)} instances -> {out}")
+        result = run_study(run_dir, device=device)
+    print(f"done in {time.perf_counter() - start:.0f} s; open {result.report}")
+    return 0

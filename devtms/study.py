@@ -1,0 +1,69 @@
+"""One command for a whole study: train -> llc -> analyze -> report, each stage resumable.
+
+Every stage skips what is already done (training resumes from its last good checkpoint, the
+LLC job computes only the estimates llc.csv lacks, analyze only new checkpoints), so the study
+can be killed at any moment and run again, and re-running after a finished study only
+re-renders the report.
+
+    >>> run_study("quick", Path("runs/quick"))
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devtms.executors import Executor
+from devtms.store import RunDir
+
+
+@dataclass
+class StudyResult:
+    run: RunDir
+    report: Path
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time
+    notes: list[str] = field(default_factory=list)  # one line per stage, for the user
+
+
+def run_study(run: RunDir, *, device: str = "cpu", executor: Executor | None = None,
+              progress: bool = True, say: Callable[[str], None] = print) -> StudyResult:
+    """Run every stage on `run` (the caller holds the run lock)."""
+    from devtms.analyze import analyze_run
+    from devtms.llc import build_request, run_llc
+    from devtms.report import default_out, load_run, write_report
+    from devtms.train import train_run
+
+    result = StudyResult(run, default_out([run.path]))
+
+    def stage(name: str, fn: Callable[[], str]) -> None:
+        start = time.perf_counter()
+        note = fn()
+        result.seconds[name] = time.perf_counter() - start
+        line = f"{name:8s} {result.seconds[name]:7.1f} s  {note}"
+        result.notes.append(line)
+        say(line)
+
+    def train() -> str:
+        trained = train_run(run, device=device, executor=executor)
+        diverged = run.stage("train").get("diverged", [])
+        done = f"trained {trained} steps" if trained else "already complete"
+        return done + (f"; {len(diverged)} instance(s) diverged" if diverged else "")
+
+    def llc() -> str:
+        summary = run_llc(run, build_request(run, device=device), executor, progress=progress)
+        return (f"{summary.computed} estimates computed, {summary.already_done} already done, "
+                f"{summary.unhealthy} flagged unhealthy")
+
+    def analyze() -> str:
+        analyzed = analyze_run(run, progress=progress)
+        return f"wrote {', '.join(analyzed.written) or 'nothing (up to date)'}"
+
+    def report() -> str:
+        written = write_report([load_run(run.path)], result.report)
+        return f"{result.report} ({len(written.figures) // 2} figures)"
+
+    for name, fn in (("train", train), ("llc", llc), ("analyze", analyze), ("report", report)):
+        stage(name, fn)
+    return result
