@@ -288,7 +288,7 @@ def _read_own(run: RunDir, name: str) -> pd.DataFrame | None:
 def analyze_run(run: RunDir, thresholds: geo.Thresholds = geo.DEFAULT,
                 settings: tr.Settings | None = None, progress: bool = True) -> AnalyzeResult:
     """Run the analyze stage on a trained run (the caller holds the run lock)."""
-    from tqdm.auto import tqdm
+    from devtms.progress import progress_bar
 
     settings = settings or tr.Settings()
     params = {"version": VERSION, "thresholds": thresholds.to_dict()}
@@ -299,8 +299,7 @@ def analyze_run(run: RunDir, thresholds: geo.Thresholds = geo.DEFAULT,
     steps = run.checkpoint_steps()
     instances = [int(i) for i in run.instances["instance"]]
     todo = missing_steps(existing, steps, instances)
-    with tqdm(total=len(todo), desc="geometry", unit="ckpt", disable=not progress or not todo,
-              dynamic_ncols=True) as bar:
+    with progress_bar(len(todo), "geometry", "ckpt", enabled=progress and bool(todo)) as bar:
         geometry = update_geometry(run, existing, thresholds, bar.update)
     written = []
     if run.write_table_if_changed(GEOMETRY_CSV, geometry):

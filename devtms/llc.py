@@ -812,9 +812,8 @@ def run_llc(run: RunDir, request: LLCRequest, executor=None, progress: bool = Tr
             ) -> LLCSummary:
     """Estimate what `request` asks and llc.csv lacks; append after every chunk. Holds no lock:
     the caller holds `run.lock(...)`."""
-    from tqdm.auto import tqdm
-
     from devtms.executors import LocalExecutor
+    from devtms.progress import progress_bar
 
     executor = executor or LocalExecutor()
     table = read_llc_table(run)
@@ -835,8 +834,7 @@ def run_llc(run: RunDir, request: LLCRequest, executor=None, progress: bool = Tr
     chunks = plan_chunks(pending, size)
     summary.chunks = len(chunks)
     tasks = (inputs.task(instances, steps, request) for instances, steps in chunks)
-    bar = tqdm(total=len(pending), desc=f"llc ({request.engine})", unit="estimate",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(pending), f"llc ({request.engine})", "estimate", enabled=progress)
     with bar:
         for result in executor.map(estimate_chunk, tasks):
             save_traces(run, result)  # traces first: a row in llc.csv always has its traces

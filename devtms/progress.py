@@ -12,7 +12,10 @@ import sys
 from tqdm.auto import tqdm
 
 
-def progress_bar(total: int, desc: str, unit: str = "it", initial: int = 0) -> tqdm:
-    disabled = os.environ.get("TQDM_DISABLE", "") not in ("", "0") or not sys.stderr.isatty()
+def progress_bar(total: int, desc: str, unit: str = "it", initial: int = 0,
+                 enabled: bool = True) -> tqdm:
+    """A tqdm bar on stderr; `enabled=False` (a caller's --quiet or progress=False) hides it."""
+    disabled = (not enabled or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+                or not sys.stderr.isatty())
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=disabled,
                 dynamic_ncols=True, file=sys.stderr)
