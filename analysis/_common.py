@@ -11,6 +11,7 @@ Figures are written as PNG (and PDF) into `<out>/figures/`, beside the run direc
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
@@ -57,22 +58,38 @@ plt.rcParams.update({
 # Command line
 
 
-def parser(doc: str, name: str) -> argparse.ArgumentParser:
-    """The shared command line: --small, --out (default runs/<name>[-small]), --no-pdf."""
+def parser(doc: str, name: str, full: bool = False) -> argparse.ArgumentParser:
+    """The shared command line: a size flag (--smoke, --small, and --full when the script has a
+    larger published size than its default), --out (default runs/<name>[-<size>]), --no-pdf.
+
+    The parsed namespace carries `size`: "smoke", "small", "default" or "full".
+    """
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--small", action="store_true",
-                   help="a reduced size that finishes in about a minute (a smoke test; the "
-                        "numbers are not the study's)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--smoke", dest="size", action="store_const", const="smoke",
+                      help="the tiniest size that runs every stage and draws every figure, in "
+                           "seconds (for tests; the numbers mean nothing)")
+    size.add_argument("--small", dest="size", action="store_const", const="small",
+                      help="a reduced size that finishes in about a minute (a quick look; the "
+                           "numbers are not the study's)")
+    if full:
+        size.add_argument("--full", dest="size", action="store_const", const="full",
+                          help="the published size (slower than the default; see the docstring)")
     p.add_argument("--out", type=Path, default=None,
-                   help=f"output root (default: runs/{name}, or runs/{name}-small with --small); "
-                        "run directories and figures/ go under it")
+                   help=f"output root (default: runs/{name}, or runs/{name}-<size> with a size "
+                        "flag); run directories and figures/ go under it")
     p.add_argument("--no-pdf", action="store_true", help="write PNG figures only")
-    p.set_defaults(study=name)
+    p.set_defaults(study=name, size="default")
     return p
 
 
 def output_root(args: argparse.Namespace) -> Path:
-    out = args.out or RUNS / (args.study + ("-small" if args.small else ""))
+    """The output root (created, with figures/). At --smoke size figures are drawn at low
+    resolution: at that size they only show that the drawing code runs."""
+    if args.size == "smoke":
+        plt.rcParams["savefig.dpi"] = 60
+    suffix = "" if args.size == "default" else f"-{args.size}"
+    out = args.out or RUNS / (args.study + suffix)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     return out
 
@@ -139,23 +156,12 @@ def analyze(run: RunDir):
         return analyze_run(run, progress=False)
 
 
-def llc_available() -> bool:
-    """Whether this devtms has the `llc` command (it landed after the first analysis scripts)."""
-    r = subprocess.run([sys.executable, "-m", "devtms.cli", "llc", "--help"],
-                       capture_output=True, text=True)
-    return r.returncode == 0
-
-
-def llc(run: RunDir, log: Clock, extra: Sequence[str] = ()) -> pd.DataFrame | None:
+def llc(run: RunDir, log: Clock, extra: Sequence[str] = ()) -> pd.DataFrame:
     """`devtms llc RUN_DIR` at the run's own [llc] settings -> those rows of llc.csv.
 
-    The command computes only the estimates missing from llc.csv, so a rerun after a complete
-    LLC stage costs a few seconds; it is skipped entirely when devtms says the job is complete.
-    None if this devtms has no `llc` command.
+    The command computes only the estimates missing from llc.csv; it is not started at all when
+    devtms says the job is complete.
     """
-    if not llc_available():
-        log("`devtms llc` is not available in this devtms: LLC figures are skipped")
-        return None
     from devtms.llc import default_job_complete
 
     if default_job_complete(run):
@@ -184,11 +190,7 @@ def default_llc_rows(run: RunDir) -> pd.DataFrame:
 
 
 def report(run: RunDir, log: Clock) -> None:
-    """`devtms report RUN_DIR` when this devtms has it (an HTML report beside the figures)."""
-    r = subprocess.run([sys.executable, "-m", "devtms.cli", "report", "--help"],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        return
+    """`devtms report RUN_DIR`: the HTML report in RUN_DIR/report (separate from the figures)."""
     env = {**SUBPROCESS_ENV, "TQDM_DISABLE": "1"}
     r = subprocess.run([sys.executable, "-m", "devtms.cli", "report", str(run.path)], env=env,
                        capture_output=True, text=True)
@@ -214,6 +216,35 @@ def checkpoint_losses(run: RunDir) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------
 # Figures
+
+
+def grid(n: int, cols: int, w: float, h: float, *, top: float = 0.55, bottom: float = 0.5,
+         left: float = 0.5, right: float = 0.15, wspace: float = 0.15, hspace: float = 0.45,
+         **kw) -> tuple[plt.Figure, np.ndarray]:
+    """A figure of n panels in rows of `cols`, each w x h inches, margins in inches.
+
+    Fixed margins instead of tight_layout: on figures of 20-30 log-scaled panels tight_layout
+    costs several seconds (most of a --smoke run). -> (fig, axes (rows, cols)); the panels past n
+    are hidden, and the panel above each hidden one gets its x tick labels back (sharex hides
+    them).
+    """
+    rows = math.ceil(n / cols)
+    width, height = w * cols + left + right, h * rows + top + bottom
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False, **kw)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                        top=1 - top / height, wspace=wspace, hspace=hspace)
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.set_visible(False)
+            if k - cols >= 0 and kw.get("sharex"):
+                axes.flat[k - cols].xaxis.set_tick_params(labelbottom=True)
+    return fig, axes
+
+
+def bottom_row(axes: np.ndarray, n: int) -> list[plt.Axes]:
+    """The lowest visible panel of each column of a `grid` of n panels."""
+    rows, cols = axes.shape
+    return [axes[max(r for r in range(rows) if r * cols + c < n), c] for c in range(min(n, cols))]
 
 
 def save(fig: plt.Figure, out: Path, name: str, pdf: bool = True) -> Path:

@@ -22,13 +22,12 @@ Figures (OUT/figures/, PNG and PDF):
   dims_per_feature_grid.png   the same, one panel per activation
   wtw_summary.csv, phase_counts.csv, sweep_dims.csv   the numbers
 
-Time on 2 shared CPU cores: default about 15 minutes (wtw 1 min, phase 3 min, sweep 10 min);
---full about 35 minutes; --small about 40 s.
+Time on 2 shared CPU cores: default about 11 minutes (wtw 1 min, phase 7 min, sweep 3 min);
+--full about 35 minutes; --small about 40 s; --smoke (for tests) about 15 s.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -37,13 +36,16 @@ import pandas as pd
 import torch
 from _common import (
     LAD_KOSTOLANSKY,
+    PHASE_CMAP,
     PHASE_COLORS,
     PHASE_LABELS,
     Clock,
     analyze,
+    bottom_row,
     config,
     final_weights,
     gram_heatmap,
+    grid,
     norm_bars,
     output_root,
     parser,
@@ -57,8 +59,11 @@ from devtms.geometry import PHASES, phase_m1
 
 WTW_SPARSITIES = [0.0, 0.7, 0.9, 0.97, 0.99, 0.997, 0.999]
 
-# Sizes: (small, default, full) of each part. The 27-variant script passes its own.
+# Sizes (smoke, small, default, full) of each part. The 27-variant script passes its own.
 SIZES = {
+    "smoke": dict(wtw_steps=200, wtw_batch=128, phase_grid=2, phase_steps=200, phase_seeds=1,
+                  sweep_points=2, sweep_steps=20, sweep_batch=64, sweep_n=200, sweep_m=20,
+                  log_every=20),
     "small": dict(wtw_steps=1500, wtw_batch=256, phase_grid=5, phase_steps=1500, phase_seeds=2,
                   sweep_points=4, sweep_steps=400, sweep_batch=256, sweep_n=200, sweep_m=20),
     "default": dict(wtw_steps=10000, wtw_batch=1024, phase_grid=12, phase_steps=5000, phase_seeds=3,
@@ -71,12 +76,17 @@ ANTHROPIC_TRAIN = {"optimizer": "adamw", "lr": 1e-3, "init": "xavier", "seeds": 
 
 
 def configs(acts: Sequence[str], size: dict, prefix: str):
+    """-> (wtw, phase, sweep) RunConfigs for `acts` at `size` (a SIZES entry)."""
     acts = list(acts)
+    # devtms logs the loss ~200 times by default (every step below 200 steps): at the smoke
+    # size that evaluation would cost more than the training
+    log_every = {"log_every": size["log_every"]} if "log_every" in size else {}
     wtw = config(
         f"{prefix}-wtw",
         model={"n_features": 10, "n_hidden": 5, "activations": acts},
         data={"kind": "sparse-uniform", "sparsity": WTW_SPARSITIES, "importance_ratio": [0.7]},
-        train={**ANTHROPIC_TRAIN, "steps": size["wtw_steps"], "batch_size": size["wtw_batch"]},
+        train={**ANTHROPIC_TRAIN, "steps": size["wtw_steps"], "batch_size": size["wtw_batch"],
+               **log_every},
         checkpoints={"log_points": 12, "linear_every": 0},
     )
     k = size["phase_grid"]
@@ -89,7 +99,7 @@ def configs(acts: Sequence[str], size: dict, prefix: str):
         # several initialisations per cell; the figure shows the lowest-loss one (the best of
         # k local minima approximates the global optimum that the phase diagram describes)
         train={**ANTHROPIC_TRAIN, "steps": size["phase_steps"], "batch_size": 1024,
-               "seeds": list(range(size["phase_seeds"]))},
+               "seeds": list(range(size["phase_seeds"])), **log_every},
         checkpoints={"log_points": 6, "linear_every": size["phase_steps"] // 4},
     )
     sweep = config(
@@ -102,7 +112,7 @@ def configs(acts: Sequence[str], size: dict, prefix: str):
         # log the loss 50 times: devtms's default (~200 times, every step for runs under 200
         # steps) on 2048 samples costs more than training at n = 200
         train={**ANTHROPIC_TRAIN, "steps": size["sweep_steps"], "batch_size": size["sweep_batch"],
-               "log_every": max(1, size["sweep_steps"] // 50)},
+               "log_every": size.get("log_every", max(1, size["sweep_steps"] // 50))},
         checkpoints={"log_points": 8, "linear_every": 0},
     )
     return wtw, phase, sweep
@@ -195,45 +205,41 @@ def phase_figure(run, out, pdf: bool) -> pd.DataFrame:
     dens = np.sort(inst["feature_probability"].unique())  # ascending
     imps = np.sort(inst["importance_ratio"].unique())
     cols = min(4, len(acts) + 1) if len(acts) <= 7 else 6
-    rows = math.ceil((len(acts) + 1) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.25 * rows + 0.4), squeeze=False,
-                             sharex=True, sharey=True)
+    # one panel per activation, then one for the legend
+    fig, axes = grid(len(acts) + 1, cols, 2.05, 1.85, top=0.6, bottom=0.55, left=0.65,
+                     wspace=0.12, hspace=0.3, sharex=True, sharey=True)
     code = {p: k for k, p in enumerate(PHASES)}
-    from matplotlib.colors import ListedColormap
 
-    cmap = ListedColormap([PHASE_COLORS[p] for p in PHASES])
-    # cell edges halfway (in log) between grid points
     def edges(v):
+        """Cell edges halfway (in log) between grid points."""
         lv = np.log10(v)
         mid = (lv[1:] + lv[:-1]) / 2
         return 10 ** np.concatenate([[lv[0] - (mid[0] - lv[0])], mid, [lv[-1] + (lv[-1] - mid[-1])]])
 
     for ax, act in zip(axes.flat, acts, strict=False):
         d = inst[inst["activation"] == act]
-        grid = d.pivot_table(index="importance_ratio", columns="feature_probability",
-                             values="phase", aggfunc="first").reindex(index=imps, columns=dens)
-        Z = grid.map(lambda p: code[p]).to_numpy(dtype=float)
-        ax.pcolormesh(edges(dens), edges(imps), Z, cmap=cmap, vmin=-0.5, vmax=2.5,
+        cells = d.pivot_table(index="importance_ratio", columns="feature_probability",
+                              values="phase", aggfunc="first").reindex(index=imps, columns=dens)
+        Z = cells.map(lambda p: code[p]).to_numpy(dtype=float)
+        ax.pcolormesh(edges(dens), edges(imps), Z, cmap=PHASE_CMAP, vmin=-0.5, vmax=2.5,
                       edgecolors="white", linewidth=0.3)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.invert_xaxis()  # sparser to the right
-        ax.set_title(act)
+        ax.set_title(act, pad=3)
         ax.axhline(1, color="0.3", lw=0.6, ls=":")
-    for ax in axes[-1]:
+    for ax in bottom_row(axes, len(acts) + 1):
         ax.set_xlabel("feature density 1 - S")
     for ax in axes[:, 0]:
         ax.set_ylabel("importance of extra feature")
     legend_ax = axes.flat[len(acts)]
     legend_ax.axis("off")
     legend_ax.legend(handles=[Patch(color=PHASE_COLORS[p], label=PHASE_LABELS[p]) for p in PHASES],
-                     loc="center", frameon=False, title="n = 2 features, m = 1 dimension")
-    for ax in list(axes.flat)[len(acts) + 1:]:
-        ax.axis("off")
+                     loc="center", frameon=False, title="n = 2 features, m = 1 dimension",
+                     fontsize=7.5, title_fontsize=8)
     fig.suptitle(f"Phase diagrams of the extra feature ({run.config.train.steps} steps; each cell "
                  f"the lowest-loss of {len(run.config.train.seeds)} initialisations)",
                  fontsize=10.5)
-    fig.tight_layout()
     save(fig, out, "phase_diagram", pdf)
     counts = inst.groupby(["activation", "phase"], sort=False).size().unstack(fill_value=0)
     sparse = inst[inst["feature_probability"] <= 0.1].groupby(["activation", "phase"], sort=False) \
@@ -291,23 +297,19 @@ def dims_figure(run, out, pdf: bool, highlight: Sequence[str]) -> pd.DataFrame:
     save(fig, out, "dims_per_feature", pdf)
 
     cols = min(len(acts), 4 if len(acts) <= 8 else 6)
-    rows = math.ceil(len(acts) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 1.65 * rows + 0.7), sharex=True,
-                             sharey=True, squeeze=False)
+    fig, axes = grid(len(acts), cols, 1.8, 1.3, top=0.55, left=0.55, hspace=0.4, sharex=True,
+                     sharey=True)
     for ax, act in zip(axes.flat, acts, strict=False):
         d = inst[inst["activation"] == act].sort_values("inv_density")
         ax.plot(d["inv_density"], d["dims_per_feature"], "o-", ms=2.5, lw=1.2,
                 color=colors.get(act, "0.25"))
         axis(ax)
         ax.set_title(act, pad=2)
-    for ax in list(axes.flat)[len(acts):]:
-        ax.set_visible(False)
-    for ax in axes[-1]:
+    for ax in bottom_row(axes, len(acts)):
         ax.set_xlabel("1 / (1 - S)")
     for ax in axes[:, 0]:
         ax.set_ylabel("D*")
     fig.suptitle("Dimensions per feature: " + title, fontsize=10)
-    fig.tight_layout()
     save(fig, out, "dims_per_feature_grid", pdf)
     return inst[["activation", "sparsity", "inv_density", "dims_per_feature"]]
 
@@ -315,16 +317,14 @@ def dims_figure(run, out, pdf: bool, highlight: Sequence[str]) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_study(doc: str, name: str, acts: Sequence[str], sizes: dict, highlight: Sequence[str]):
-    p = parser(doc, name)
-    p.add_argument("--full", action="store_true",
-                   help="the published training length for the n = 200 sweep (slower)")
-    args = p.parse_args()
-    if args.small and args.full:
-        p.error("--small and --full contradict each other")
-    size = sizes["small" if args.small else "full" if args.full else "default"]
-    if args.full and args.out is None:
-        args.study = f"{name}-full"
+def run_study(doc: str, name: str, acts: Sequence[str], sizes: dict, highlight: Sequence[str],
+              smoke_acts: Sequence[str] | None = None):
+    """Parse the command line, then train, analyze and draw the three experiments.
+    `smoke_acts`: the activations at --smoke size (default: `acts`)."""
+    args = parser(doc, name, full=True).parse_args()
+    size = sizes[args.size]
+    if args.size == "smoke" and smoke_acts is not None:
+        acts = smoke_acts
     out, log = output_root(args), Clock()
     pdf = not args.no_pdf
     wtw_cfg, phase_cfg, sweep_cfg = configs(acts, size, name)

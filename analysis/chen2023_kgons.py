@@ -19,9 +19,9 @@ Figures (OUT/figures/, PNG and PDF):
   final_kgons.png      the final polygon of every seed
   sequences.csv, plateaus.csv, alignment.csv   the numbers
 
-Time on 2 shared CPU cores: training about 30 s, the LLC a few minutes (its cost depends on
-`devtms llc`); --small (4 seeds, 3000 steps, 2 chains x 50 draws): under a minute.
-If this devtms has no `devtms llc` command, the LLC panels are left empty and say so.
+Time on 2 CPU cores shared with other jobs (load average 6-10): 10 minutes (training 1 min,
+the LLC of 16 seeds x 60 checkpoints 7.5 min, analysis and figures 1.5 min); --small (4 seeds,
+3000 steps, 2 chains x 50 draws): under a minute; --smoke (for tests): about 10 s.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ import pandas as pd
 from _common import (
     Clock,
     analyze,
+    bottom_row,
     checkpoint_losses,
     config,
     features_2d,
     final_weights,
+    grid,
     llc,
     output_root,
     parser,
@@ -61,11 +63,15 @@ def k_of(label: str) -> int:
     return int(digits) if digits else 0
 
 
-def make_config(small: bool):
-    if not small:
+def make_config(size: str):
+    """The chen2023 preset ("default"), or a reduced copy ("small", "smoke")."""
+    if size == "default":
         return config("chen2023", base="chen2023")
-    return config("chen2023", base="chen2023", train={"steps": 3000, "seeds": [0, 1, 2, 3]},
-                  checkpoints={"log_points": 25}, llc={"chains": 2, "draws": 50, "burnin": 50})
+    if size == "small":
+        return config("chen2023", base="chen2023", train={"steps": 3000, "seeds": [0, 1, 2, 3]},
+                      checkpoints={"log_points": 25}, llc={"chains": 2, "draws": 50, "burnin": 50})
+    return config("chen2023", base="chen2023", train={"steps": 300, "seeds": [0, 1], "log_every": 30},
+                  checkpoints={"log_points": 10}, llc={"chains": 2, "draws": 20, "burnin": 10})
 
 
 def segments(seq: list[tuple[int, str]], last_step: int) -> list[tuple[int, int, str]]:
@@ -127,10 +133,9 @@ def sequence_figure(run, result, out, pdf) -> pd.DataFrame:
 def trajectories_figure(run, result, losses, llc_table, out, pdf) -> None:
     inst = run.instances
     T = run.config.train.steps
-    cols = 4
-    rows = math.ceil(len(inst) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.75 * cols, 2.05 * rows + 0.5), sharex=True,
-                             sharey=True, squeeze=False)
+    cols = min(4, len(inst))
+    fig, axes = grid(len(inst), cols, 2.6, 1.65, top=0.55, left=0.6, right=0.45, wspace=0.3,
+                     hspace=0.4, sharex=True, sharey=True)
     lo_min, lo_max = losses["loss"].min(), losses["loss"].max()
     twins = []
     for ax, r in zip(axes.flat, inst.itertuples(), strict=False):
@@ -148,35 +153,25 @@ def trajectories_figure(run, result, losses, llc_table, out, pdf) -> None:
         ax.set_title(f"seed {r.seed}", pad=2)
         tw = ax.twinx()
         twins.append(tw)
-        if llc_table is not None:
-            li = llc_table[llc_table["instance"] == r.instance].sort_values("step")
-            x = xpos(li["step"])
-            tw.fill_between(x, li["llc_mean"] - li["llc_std"], li["llc_mean"] + li["llc_std"],
-                            color="#cb181d", alpha=0.2, lw=0)
-            tw.plot(x, li["llc_mean"], color="#cb181d", lw=1.1)
+        li = llc_table[llc_table["instance"] == r.instance].sort_values("step")
+        x = xpos(li["step"])
+        tw.fill_between(x, li["llc_mean"] - li["llc_std"], li["llc_mean"] + li["llc_std"],
+                        color="#cb181d", alpha=0.2, lw=0)
+        tw.plot(x, li["llc_mean"], color="#cb181d", lw=1.1)
         tw.spines["right"].set_visible(True)
         tw.tick_params(axis="y", colors="#cb181d", labelsize=7)
-    if llc_table is not None:
-        hi = float((llc_table["llc_mean"] + llc_table["llc_std"]).max())
-        lo = min(0.0, float((llc_table["llc_mean"] - llc_table["llc_std"]).min()))
-        for k, tw in enumerate(twins):
-            tw.set_ylim(lo, hi * 1.05)
-            if k % cols != cols - 1 and k != len(twins) - 1:
-                tw.set_yticklabels([])
-    else:
-        for tw in twins:
-            tw.set_yticks([])
-        fig.text(0.5, 0.005, "no LLC: this devtms has no `devtms llc` command", ha="center",
-                 color="#cb181d")
-    for ax in list(axes.flat)[len(inst):]:
-        ax.set_visible(False)
-    for ax in axes[-1]:
+    hi = float((llc_table["llc_mean"] + llc_table["llc_std"]).max())
+    lo = min(0.0, float((llc_table["llc_mean"] - llc_table["llc_std"]).min()))
+    for k, tw in enumerate(twins):
+        tw.set_ylim(lo, hi * 1.05)
+        if k % cols != cols - 1 and k != len(twins) - 1:
+            tw.set_yticklabels([])
+    for ax in bottom_row(axes, len(inst)):
         ax.set_xlabel("step")
     for ax in axes[:, 0]:
         ax.set_ylabel("loss")
     fig.suptitle("Loss (black, left) and LLC (red, right, +-1 sd over chains); background: "
                  "current k-gon", fontsize=10)
-    fig.tight_layout()
     save(fig, out, "trajectories", pdf)
 
 
@@ -198,30 +193,27 @@ def plateaus(result, losses, llc_table, min_len: int = 3) -> pd.DataFrame:
                                first_step=steps[start], last_step=s,
                                loss=float(lo.iloc[0]) if len(lo) else np.nan, llc=np.nan,
                                llc_std=np.nan)
-                    if llc_table is not None:
-                        li = llc_table[(llc_table["instance"] == inst) & (llc_table["step"] == s)]
-                        if len(li):
-                            row["llc"], row["llc_std"] = float(li["llc_mean"].iloc[0]), \
-                                float(li["llc_std"].iloc[0])
+                    li = llc_table[(llc_table["instance"] == inst) & (llc_table["step"] == s)]
+                    if len(li):
+                        row["llc"], row["llc_std"] = float(li["llc_mean"].iloc[0]), \
+                            float(li["llc_std"].iloc[0])
                     rows.append(row)
                 start = j
     return pd.DataFrame(rows)
 
 
-def plateau_figure(table: pd.DataFrame, out, pdf, have_llc: bool) -> None:
+def plateau_figure(table: pd.DataFrame, out, pdf) -> None:
     fig, ax = plt.subplots(figsize=(5.6, 4.0))
     cmap = {k: c for k, c in zip(range(2, 9), ["#969696", "#6baed6", "#2171b5", "#fd8d3c",
                                                 "#238b45", "#6a51a3", "#ce1256"], strict=True)}
     for k, d in table.groupby("k"):
-        y = d["llc"] if have_llc else np.full(len(d), k)
-        if have_llc:
-            ax.errorbar(d["loss"], y, yerr=d["llc_std"], fmt="none", ecolor=cmap.get(k, "k"),
-                        alpha=0.4, lw=0.8)
-        ax.scatter(d["loss"], y, color=cmap.get(k, "k"), s=22, label=f"{k}-gon", zorder=3,
+        ax.errorbar(d["loss"], d["llc"], yerr=d["llc_std"], fmt="none", ecolor=cmap.get(k, "k"),
+                    alpha=0.4, lw=0.8)
+        ax.scatter(d["loss"], d["llc"], color=cmap.get(k, "k"), s=22, label=f"{k}-gon", zorder=3,
                    edgecolor="white", lw=0.4)
     ax.set_xscale("log")
     ax.set_xlabel("loss at the end of the plateau")
-    ax.set_ylabel("LLC at the end of the plateau" if have_llc else "k (no LLC available)")
+    ax.set_ylabel("LLC at the end of the plateau (+-1 sd over chains)")
     ax.legend(frameon=False, loc="best")
     ax.set_title("Every k-gon plateau of every seed (>= 3 checkpoints)", fontsize=9.5)
     save(fig, out, "kgon_loss_llc", pdf)
@@ -231,9 +223,9 @@ def final_figure(run, result, out, pdf) -> None:
     W, b = final_weights(run)
     inst = run.instances
     last = result.geometry[result.geometry["step"] == run.config.train.steps].set_index("instance")
-    cols = 8 if len(inst) > 8 else len(inst)
-    rows = math.ceil(len(inst) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols, 1.55 * rows + 0.3), squeeze=False)
+    cols = min(8, len(inst))
+    fig, axes = grid(len(inst), cols, 1.35, 1.45, top=0.5, bottom=0.1, left=0.1, right=0.1,
+                     wspace=0.1, hspace=0.35)
     radius = 1.12 * float(W.norm(dim=1).max())
     colors = plt.get_cmap("tab10").colors
     for ax, r in zip(axes.flat, inst.itertuples(), strict=False):
@@ -241,11 +233,8 @@ def final_figure(run, result, out, pdf) -> None:
         poly = polygon(g)
         features_2d(ax, W[r.instance].numpy(), colors, radius, b[r.instance].numpy(), poly)
         ax.set_title(f"seed {r.seed}: {g['k_gon_label']}", fontsize=8, pad=2)
-    for ax in list(axes.flat)[len(inst):]:
-        ax.set_visible(False)
     fig.suptitle("Final geometry (dot edge: black b > 0, grey b <= 0; shaded: the polygon)",
                  fontsize=9)
-    fig.tight_layout()
     save(fig, out, "final_kgons", pdf)
 
 
@@ -271,7 +260,7 @@ def llc_across_drops(result, llc_table) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def alignment(run, result, have_llc: bool) -> pd.DataFrame:
+def alignment(run, result) -> pd.DataFrame:
     """Per seed: loss drops, and how many have a k-gon change / an LLC rise within tolerance."""
     tol = default_tolerance(run.checkpoint_steps())
     ev = result.transitions
@@ -288,8 +277,7 @@ def alignment(run, result, have_llc: bool) -> pd.DataFrame:
         rows.append(dict(seed=r.seed, loss_drops=len(drops), kgon_changes=len(kch),
                          drops_with_kgon_change=near(drops, kch),
                          kgon_changes_with_drop=near(kch, drops),
-                         llc_rises=len(rises) if have_llc else np.nan,
-                         drops_with_llc_rise=near(drops, rises) if have_llc else np.nan,
+                         llc_rises=len(rises), drops_with_llc_rise=near(drops, rises),
                          tolerance_decades=round(tol, 3)))
     return pd.DataFrame(rows)
 
@@ -300,20 +288,19 @@ def main() -> None:
     args = p.parse_args()
     out, log = output_root(args), Clock()
     pdf = not args.no_pdf
-    run = train(make_config(args.small), out / "chen2023", log)
+    run = train(make_config(args.size), out / "chen2023", log)
     llc_table = llc(run, log)
     result = analyze(run)
     losses = checkpoint_losses(run)
-    have_llc = llc_table is not None
 
     seqs = sequence_figure(run, result, out, pdf)
     write_csv(seqs, out, "sequences")
     trajectories_figure(run, result, losses, llc_table, out, pdf)
     table = plateaus(result, losses, llc_table)
     write_csv(table, out, "plateaus")
-    plateau_figure(table, out, pdf, have_llc)
+    plateau_figure(table, out, pdf)
     final_figure(run, result, out, pdf)
-    al = alignment(run, result, have_llc)
+    al = alignment(run, result)
     write_csv(al, out, "alignment")
     if args.report:
         report(run, log)
@@ -323,7 +310,7 @@ def main() -> None:
     by_k = table.groupby("k").agg(plateaus=("loss", "size"), median_loss=("loss", "median"),
                                   median_llc=("llc", "median"))
     log("plateaus by k:\n" + by_k.to_string())
-    if have_llc and len(table) > 2:
+    if len(table) > 2:
         rho = table[["k", "loss", "llc"]].corr(method="spearman")
         log(f"Spearman correlation over plateaus: k vs loss {rho.loc['k', 'loss']:.2f}, k vs LLC "
             f"{rho.loc['k', 'llc']:.2f}, loss vs LLC {rho.loc['loss', 'llc']:.2f}")
@@ -332,17 +319,15 @@ def main() -> None:
            f"{al['tolerance_decades'].iloc[0]} decades {int(tot['drops_with_kgon_change'])}; "
            f"k-gon changes {int(tot['kgon_changes'])}: with a loss drop "
            f"{int(tot['kgon_changes_with_drop'])}")
-    if have_llc:
-        msg += f"; loss drops with a detected LLC rise {int(tot['drops_with_llc_rise'])}"
+    msg += f"; loss drops with a detected LLC rise {int(tot['drops_with_llc_rise'])}"
     log(msg)
-    if have_llc:
-        across = llc_across_drops(result, llc_table)
-        write_csv(across, out, "llc_across_drops")
-        if len(across):
-            log(f"LLC across each loss drop (start -> end of the drop): rises in "
-                f"{int((across['llc_change'] > 0).sum())}/{len(across)}, by more than 2 sem in "
-                f"{int((across['z'] > 2).sum())}; median change {across['llc_change'].median():+.3f} "
-                f"(median LLC before {across['llc_before'].median():.3f})")
+    across = llc_across_drops(result, llc_table)
+    write_csv(across, out, "llc_across_drops")
+    if len(across):
+        log(f"LLC across each loss drop (start -> end of the drop): rises in "
+            f"{int((across['llc_change'] > 0).sum())}/{len(across)}, by more than 2 sem in "
+            f"{int((across['z'] > 2).sum())}; median change {across['llc_change'].median():+.3f} "
+            f"(median LLC before {across['llc_before'].median():.3f})")
     log(f"figures in {out / 'figures'}")
 
 

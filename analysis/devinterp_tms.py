@@ -21,14 +21,12 @@ Figures (OUT/figures/, PNG and PDF):
                        represented, and whether superposition emerged after the largest loss drop
   act27_summary.csv    the numbers (devtms analyze's summary.csv plus activation properties)
 
-Time on 2 shared CPU cores: training about 2 minutes, the LLC of 145 instances x 50 checkpoints
-the bulk (minutes to tens of minutes, depending on `devtms llc`); --small (1 seed, 2000 steps,
-2 chains x 40 draws) about a minute. Without a `devtms llc` command the LLC panels say so.
+Time on 2 shared CPU cores: about 8 minutes (training 1 min, the LLC of 145 instances x 50
+checkpoints 5 min, analysis and figures 1 min); --small (1 seed, 2000 steps, 2 chains x 40
+draws) about a minute; --smoke (for tests: 300 steps, nine activations) about 15 s.
 """
 
 from __future__ import annotations
-
-import math
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -36,9 +34,11 @@ import pandas as pd
 from _common import (
     Clock,
     analyze,
+    bottom_row,
     checkpoint_losses,
     config,
     features_2d,
+    grid,
     llc,
     output_root,
     parser,
@@ -55,15 +55,24 @@ EVENT = {"loss_drop": ("k", "-"), "llc_rise": ("#cb181d", "--"), "llc_fall": ("#
 BOUNDED_COLOR, UNBOUNDED_COLOR, CONTROL_COLOR = "#d95f02", "#1b9e77", "0.45"
 
 
-def configs(small: bool):
-    if not small:
+# --smoke trains nine activations of every kind (bounded, unbounded, over features, diverging,
+# the controls) instead of all 29
+SMOKE = ("relu", "sigmoid", "hardshrink", "exp", "softmax", "solu", "softmin", "linear", "solu_ln")
+
+
+def configs(size: str):
+    """-> (tms, act27) RunConfigs: the presets ("default") or reduced copies ("small", "smoke")."""
+    if size == "default":
         return config("devinterp-tms", base="devinterp-tms"), \
             config("activations27", base="activations27")
-    shrink = {"train": {"steps": 2000}, "checkpoints": {"log_points": 15},
-              "llc": {"chains": 2, "draws": 40, "burnin": 40}}
-    tms = config("devinterp-tms", base="devinterp-tms", **shrink)
-    act = config("activations27", base="activations27",
-                 **{**shrink, "train": {"steps": 2000, "seeds": [0]}})
+    steps, points, llc = {"small": (2000, 15, {"chains": 2, "draws": 40, "burnin": 40}),
+                          "smoke": (300, 8, {"chains": 2, "draws": 20, "burnin": 10})}[size]
+    shrink = {"checkpoints": {"log_points": points}, "llc": llc}
+    schedule = {"steps": steps, **({"log_every": 30} if size == "smoke" else {})}
+    tms = config("devinterp-tms", base="devinterp-tms", train=schedule, **shrink)
+    act = config("activations27", base="activations27", train={**schedule, "seeds": [0]},
+                 **({"model": {"activations": list(SMOKE)}} if size == "smoke" else {}),
+                 **shrink)
     return tms, act
 
 
@@ -123,24 +132,20 @@ def tms_figure(run, result, losses, llc_table, out, pdf) -> list[tuple[int, str]
     ax_loss.set_yscale("log")
     ax_loss.set_xscale("log")
     ax_loss.set_ylabel("loss")
-    if llc_table is not None:
-        li = llc_table[llc_table["instance"] == inst].sort_values("step")
-        ok = healthy(li)
-        h = li[ok]
-        x = xpos(h["step"])
-        ax_llc.fill_between(x, h["llc_mean"] - h["llc_std"], h["llc_mean"] + h["llc_std"],
-                            color="#cb181d", alpha=0.2, lw=0)
-        ax_llc.plot(x, h["llc_mean"], "o-", ms=2.5, color="#cb181d", lw=1.2, label="healthy")
-        if (~ok).any():
-            u = li[~ok]
-            lo, hi = llc_limits(h)
-            ax_llc.plot(xpos(u["step"]), u["llc_mean"].clip(lo, hi), "o", ms=3.5, mfc="none",
-                        color="#cb181d", label="unhealthy (clipped to the axis)")
-            ax_llc.set_ylim(lo, hi)
-            ax_llc.legend(loc="lower right", frameon=False, fontsize=7.5)
-    else:
-        ax_llc.text(0.5, 0.5, "no LLC: this devtms has no `devtms llc` command",
-                    transform=ax_llc.transAxes, ha="center", color="#cb181d")
+    li = llc_table[llc_table["instance"] == inst].sort_values("step")
+    ok = healthy(li)
+    h = li[ok]
+    x = xpos(h["step"])
+    ax_llc.fill_between(x, h["llc_mean"] - h["llc_std"], h["llc_mean"] + h["llc_std"],
+                        color="#cb181d", alpha=0.2, lw=0)
+    ax_llc.plot(x, h["llc_mean"], "o-", ms=2.5, color="#cb181d", lw=1.2, label="healthy")
+    if (~ok).any():
+        u = li[~ok]
+        lo, hi = llc_limits(h)
+        ax_llc.plot(xpos(u["step"]), u["llc_mean"].clip(lo, hi), "o", ms=3.5, mfc="none",
+                    color="#cb181d", label="unhealthy (clipped to the axis)")
+        ax_llc.set_ylim(lo, hi)
+        ax_llc.legend(loc="lower right", frameon=False, fontsize=7.5)
     ax_llc.set_ylabel("LLC (+-1 sd)")
     ax_llc.set_xlabel("training step (log; the initialisation at the left edge)", labelpad=1)
     ev = result.transitions[result.transitions["instance"] == inst]
@@ -174,11 +179,9 @@ def tms_figure(run, result, losses, llc_table, out, pdf) -> list[tuple[int, str]
 # The 27 variants
 
 
-def grid_axes(n: int, cols: int = 6, w: float = 1.9, h: float = 1.45):
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows + 0.9), sharex=True,
-                             sharey=True, squeeze=False)
-    return fig, axes
+def grid_axes(n: int, cols: int = 6, w: float = 1.9, h: float = 1.45, **margins):
+    """Small multiples sharing both axes (see _common.grid)."""
+    return grid(n, cols, w, h, sharex=True, sharey=True, **margins)
 
 
 def curves_figure(run, table, value: str, out, name, title, pdf, log_y: bool, band: str | None):
@@ -196,7 +199,7 @@ def curves_figure(run, table, value: str, out, name, title, pdf, log_y: bool, ba
     else:
         lo, hi = llc_limits(table[ok])
     diverged = set(run.stage("train").get("diverged", []))
-    fig, axes = grid_axes(len(acts))
+    fig, axes = grid_axes(len(acts), bottom=0.8, left=0.55)
     for ax, act in zip(axes.flat, acts, strict=False):
         finite = False
         for k, r in enumerate(inst[inst["activation"] == act].itertuples()):
@@ -222,9 +225,7 @@ def curves_figure(run, table, value: str, out, name, title, pdf, log_y: bool, ba
             ax.set_yscale("log")
         ax.set_ylim(lo, hi)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(acts):]:
-        ax.set_visible(False)
-    for ax in axes[-1]:
+    for ax in bottom_row(axes, len(acts)):
         ax.set_xlabel("step", fontsize=8)
     handles = [plt.Line2D([], [], color=c, label=lab) for c, lab in
                ((UNBOUNDED_COLOR, "unbounded"), (BOUNDED_COLOR, "bounded (above and below)"),
@@ -235,7 +236,6 @@ def curves_figure(run, table, value: str, out, name, title, pdf, log_y: bool, ba
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
                bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.035, 1, 1))
     save(fig, out, name, pdf)
 
 
@@ -246,7 +246,8 @@ def final_geometry_figure(run, result, out, pdf) -> None:
     W, b = run.load_weights([run.config.train.steps])
     W, b = W[0], b[0]
     last = result.geometry[result.geometry["step"] == run.config.train.steps].set_index("instance")
-    fig, axes = grid_axes(len(first), cols=8, w=1.3, h=1.45)
+    fig, axes = grid(len(first), cols=8, w=1.3, h=1.45, top=0.75, bottom=0.1, left=0.1,
+                     wspace=0.1, hspace=0.5)
     colors = plt.get_cmap("tab10").colors
     for ax, r in zip(axes.flat, first.itertuples(), strict=False):
         Wi = W[r.instance].numpy()
@@ -256,11 +257,8 @@ def final_geometry_figure(run, result, out, pdf) -> None:
         features_2d(ax, Wi, colors, radius, b[r.instance].numpy(), poly)
         ax.set_title(f"{r.activation}\n{g['k_gon_label']}", fontsize=7.5, pad=2,
                      color=act_color(r.activation))
-    for ax in list(axes.flat)[len(first):]:
-        ax.set_visible(False)
     fig.suptitle(f"Final geometry, seed {seed} (each panel on its own scale; label: k-gon and the "
                  "bias signs off it)", fontsize=9.5)
-    fig.tight_layout()
     save(fig, out, "act27_final", pdf)
 
 
@@ -275,7 +273,7 @@ def summary_table(run, result) -> pd.DataFrame:
     return s
 
 
-def summary_figure(s: pd.DataFrame, out, pdf, have_llc: bool) -> None:
+def summary_figure(s: pd.DataFrame, out, pdf) -> None:
     s = s.sort_values("final_loss_mean").reset_index(drop=True)
     y = np.arange(len(s))
     fig, axes = plt.subplots(1, 4, figsize=(10.5, 0.2 * len(s) + 1.6), sharey=True,
@@ -296,8 +294,6 @@ def summary_figure(s: pd.DataFrame, out, pdf, have_llc: bool) -> None:
             ax.set_xscale("log")
         ax.set_xlabel(label, fontsize=8)
         ax.grid(axis="y", color="0.93", lw=0.6)
-        if col == "final_llc_mean" and not have_llc:
-            ax.text(0.5, 0.5, "no LLC", transform=ax.transAxes, ha="center", color="#cb181d")
     axes[0].set_yticks(y)
     axes[0].set_yticklabels(s["activation"], fontsize=7.5)
     for t, c in zip(axes[0].get_yticklabels(), colors, strict=True):
@@ -326,7 +322,7 @@ def main() -> None:
     args = p.parse_args()
     out, log = output_root(args), Clock()
     pdf = not args.no_pdf
-    tms_cfg, act_cfg = configs(args.small)
+    tms_cfg, act_cfg = configs(args.size)
 
     run = train(tms_cfg, out / "tms", log)
     llc_table = llc(run, log)
@@ -342,14 +338,13 @@ def main() -> None:
     losses = checkpoint_losses(run)
     curves_figure(run, losses, "loss", out, "act27_loss", "Loss against step (seeds overlaid)",
                   pdf, log_y=True, band=None)
-    if llc_table is not None:
-        curves_figure(run, llc_table, "llc_mean", out, "act27_llc",
-                      "LLC against step (seeds overlaid; band: +-1 sd over chains, first seed)",
-                      pdf, log_y=False, band="llc_std")
+    curves_figure(run, llc_table, "llc_mean", out, "act27_llc",
+                  "LLC against step (seeds overlaid; band: +-1 sd over chains, first seed)",
+                  pdf, log_y=False, band="llc_std")
     final_geometry_figure(run, result, out, pdf)
     s = summary_table(run, result)
     write_csv(s, out, "act27_summary")
-    summary_figure(s, out, pdf, llc_table is not None)
+    summary_figure(s, out, pdf)
     if args.report:
         report(run, log)
     cols = ["activation", "final_loss_mean", "final_llc_mean", "represented_mean", "final_geometry",
