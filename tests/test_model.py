@@ -35,9 +35,10 @@ def test_single_module_matches_the_formula():
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_loss_and_grad_equals_autograd(reduction):
+@pytest.mark.parametrize("n, m", [(6, 2), (40, 4)])  # the Gram route and the factored route
+def test_loss_and_grad_equals_autograd(reduction, n, m):
     names = [a for a in ALL for _ in range(2)]
-    W, b, x, importance, groups = _batch(names, seed=3)
+    W, b, x, importance, groups = _batch(names, n=n, m=m, seed=3)
     W.requires_grad_(True)
     b.requires_grad_(True)
     loss = tms.loss(W, b, x, importance, groups, reduction)
