@@ -6,3 +6,27 @@ import argparse
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu",
                         help="torch device for the batched programs: cpu (default) or cuda[:i]")
+
+
+def add_scheduler(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scheduler", default="local", metavar="{local,dask,tcp://HOST:PORT}",
+        help="where the work runs: local (default: this process, nothing to start); dask (a "
+             "Dask LocalCluster on this machine, one worker process per core); or the address "
+             "of a running Dask scheduler, e.g. tcp://10.0.0.5:8786 from `dask scheduler` with "
+             "`dask worker` processes on other machines, or a dask-jobqueue SLURMCluster's "
+             "scheduler_address. Needs `pip install 'devtms[dask]'`; workers need devtms, not "
+             "the run directory; results are the same numbers as local")
+
+
+def open_executor(scheduler: str):
+    """The executor --scheduler names (devtms.executors.make_executor), announced on stderr when
+    it is not local. Raises UserError (nothing started) for a bad or unreachable scheduler."""
+    import sys
+
+    from devtms.executors import LocalExecutor, make_executor
+
+    executor = make_executor(scheduler)
+    if not isinstance(executor, LocalExecutor):
+        print(f"executor: {executor.label}", file=sys.stderr)
+    return executor

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from devtms.commands import add_device
+from devtms.commands import add_device, add_scheduler, open_executor
 
 DESCRIPTION = """\
 Estimate the local learning coefficient (LLC) of every instance at every checkpoint.
@@ -31,10 +31,17 @@ examples:
   devtms llc runs/quick --steps last --instances 0-3
   devtms llc runs/quick --steps 100-1000 --eps 3e-4 --gamma 300 --draws 400
   devtms llc runs/quick --engine devinterp --steps last --instances 0   # the reference engine
+  devtms llc runs/quick --scheduler dask           # chunks on a LocalCluster, a worker per core
+  devtms llc runs/quick --scheduler tcp://HOST:8786  # on a running Dask cluster (SLURM ...)
 
 engines: batched (default) runs every chain of a chunk of estimates as one tensor program;
 devinterp runs devinterp's estimate_learning_coeff_with_summary one checkpoint at a time, for
 cross-checks (hundreds of times slower). Pick eps and gamma with `devtms calibrate`.
+
+On Dask (--scheduler), chunks run in parallel, one per worker at a time. The default chunking
+cuts the job into about 8 chunks, whatever the cluster (chunking is part of what fixes the
+numbers, in their last float32 bits, so a run gives the same llc.csv on every executor): with
+more than a few workers, pass --chunk-size (e.g. estimates / (4 x workers)).
 Set TQDM_DISABLE=1 to silence the progress bar.
 """
 
@@ -56,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run the batched step through torch.compile: auto (default: when the "
                         "run's LLC job is large enough to repay compiling), on, off")
     add_device(p)
+    add_scheduler(p)
     p.set_defaults(func=run)
 
 
@@ -94,9 +102,11 @@ def run(args: argparse.Namespace) -> int:
         run_dir, instances=args.instances, steps=args.steps, engine=args.engine,
         overrides=overrides(args), device=args.device, chunk_size=args.chunk_size,
         compile_setting=args.compile)
-    with run_dir.lock("devtms llc"):
-        summary = llc.run_llc(run_dir, request)
+    with open_executor(args.scheduler) as executor, run_dir.lock("devtms llc"):
+        summary = llc.run_llc(run_dir, request, executor)
         run_dir.set_stage("llc", done=llc.default_job_complete(run_dir))
+    for note in run_dir.notes:  # repairs of damaged files
+        print(f"note: {note}", file=sys.stderr)
     p = request.params
     print(f"llc ({request.engine}, eps={p.eps:g}, gamma={p.gamma:g}, n_beta={p.n_beta:.4g}, "
           f"{p.chains} chains x {p.draws} draws after {p.burnin} burn-in): "

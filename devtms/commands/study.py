@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-from devtms.commands import add_device
+from devtms.commands import add_device, add_scheduler, open_executor
 
 DESCRIPTION = """\
 Run a whole study on a config or preset: train every instance, estimate the LLC at every
@@ -23,6 +24,7 @@ examples:
   devtms study chen2023 --out runs/chen      # k-gon transitions of Chen et al. 2023, 16 seeds
   devtms study my_study.toml
   devtms study runs/quick                    # continue (or re-report) an existing run
+  devtms study quick --scheduler dask        # train shards and LLC chunks on a LocalCluster
 
 The stages separately: devtms train, devtms llc, devtms analyze, devtms report.
 """
@@ -40,11 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace an existing run in --out and start over")
     add_device(p)
+    add_scheduler(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from devtms.commands.train import clear_run_dir, prepare_run_dir
+    from devtms.commands.train import clear_run_dir, prepare_run_dir, shard_note
     from devtms.config import instance_table
     from devtms.llc import check_device
     from devtms.store import RunDir, lock_dir
@@ -54,12 +57,18 @@ def run(args: argparse.Namespace) -> int:
                                           force=args.force)
     device = check_device(args.device)
     start = time.perf_counter()
-    with lock_dir(out, "devtms study"):
+    with open_executor(args.scheduler) as executor, lock_dir(out, "devtms study"):
         if action == "replace":
             clear_run_dir(out)
         run_dir = (RunDir.open(out) if action == "resume"
                    else RunDir.create(out, config, instance_table(config)))
         print(f"study {config.name}: {len(run_dir.instances)} instances -> {out}")
-        result = run_study(run_dir, device=device)
+        note = shard_note(config, args.scheduler, len(run_dir.instances))
+        if note and not run_dir.stage_done("train"):
+            print(note, file=sys.stderr)
+        result = run_study(run_dir, device=device,
+                           executor=None if args.scheduler == "local" else executor)
+    for note in run_dir.notes:  # repairs of damaged files
+        print(f"note: {note}", file=sys.stderr)
     print(f"done in {time.perf_counter() - start:.0f} s; open {result.report}")
     return 0

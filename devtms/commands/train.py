@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from devtms.commands import add_device
+from devtms.commands import add_device, add_scheduler, open_executor
 from devtms.errors import UserError
 
 DEFAULT_RUNS = Path("runs")
@@ -25,6 +25,12 @@ A run trains every combination activation x sparsity x importance_ratio x seed a
 batched job and saves all instances at each checkpoint step (log-spaced and/or linear).
 Write your own config by copying a preset from devtms/presets/. Set TQDM_DISABLE=1 to
 silence progress bars.
+
+On Dask (--scheduler), training runs as shards of train.shard_size instances, one task per
+shard per checkpoint interval; set train.shard_size in the config (e.g. instances / workers)
+to train shards in parallel. The shards, not the scheduler, fix the numbers: a run with
+shard_size 4 gives the same bits locally and on any cluster (one with shard_size 0, all
+instances in one batch, may differ from it in the last float32 digits).
 """
 
 
@@ -47,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "checkpoint is verified; damaged ones are retrained)")
     p.add_argument("--force", action="store_true", help="replace an existing run in --out")
     add_device(p)
+    add_scheduler(p)
     p.set_defaults(func=run)
 
 
@@ -105,18 +112,35 @@ def clear_run_dir(path: Path) -> None:
             child.unlink()
 
 
+def shard_note(config, scheduler: str, n_instances: int) -> str | None:
+    """A note for Dask training without shards (it would run as one task at a time)."""
+    if scheduler == "local" or config.train.shard_size:
+        return None
+    return (f"note: train.shard_size is 0, so the {n_instances} instances train as one task per "
+            "checkpoint interval on one worker; set train.shard_size in the config (e.g. "
+            "instances / workers) to train shards in parallel")
+
+
 def run(args: argparse.Namespace) -> int:
     from devtms.config import instance_table
+    from devtms.llc import check_device
     from devtms.store import RunDir, lock_dir
     from devtms.train import train_run
 
     config, out, action = prepare_run_dir(args.config, args.out, args.resume, args.force)
-    with lock_dir(out, "devtms train"):
+    device = check_device(args.device)  # before anything is written
+    with open_executor(args.scheduler) as executor, lock_dir(out, "devtms train"):
         if action == "replace":
             clear_run_dir(out)
         run_dir = (RunDir.open(out) if action == "resume"
                    else RunDir.create(out, config, instance_table(config)))
-        trained = train_run(run_dir, device=args.device)
+        note = shard_note(config, args.scheduler, len(run_dir.instances))
+        if note and not run_dir.stage_done("train"):
+            print(note, file=sys.stderr)
+        trained = train_run(run_dir, device=device,
+                            executor=None if args.scheduler == "local" else executor)
+    for note in run_dir.notes:  # repairs of damaged files
+        print(f"note: {note}", file=sys.stderr)
     if trained == 0:
         print(f"{out}: training already complete ({config.train.steps} steps; checkpoints verified)")
         return 0
