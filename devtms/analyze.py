@@ -41,6 +41,7 @@ CHUNK = 16  # checkpoints loaded at once
 # sample std over the group's instances (seeds), at the last checkpoint unless said otherwise
 SUMMARY_COLUMNS = [
     "n_instances",
+    "n_diverged",  # instances whose training diverged (non-finite final loss): not in the means
     "final_loss_mean", "final_loss_std",  # train_log loss at the last step
     "final_llc_mean", "final_llc_std",  # llc.csv at each instance's last healthy step (or empty)
     "dims_per_feature_mean", "dims_per_feature_std",
@@ -213,6 +214,7 @@ def summary_table(instances: pd.DataFrame, per_instance: pd.DataFrame) -> pd.Dat
         rows.append({
             **dict(zip(keys, key, strict=True)),
             "n_instances": len(g),
+            "n_diverged": int((~np.isfinite(g["final_loss"].astype(float))).sum()),
             "final_loss_mean": g["final_loss"].mean(), "final_loss_std": _std(g["final_loss"]),
             "final_llc_mean": g["final_llc"].mean(), "final_llc_std": _std(g["final_llc"]),
             "dims_per_feature_mean": g["dims_per_feature"].mean(),
@@ -306,12 +308,12 @@ def analyze_run(run: RunDir, thresholds: geo.Thresholds = geo.DEFAULT,
         written.append(GEOMETRY_CSV)
     geometry = normalize_geometry(run.read_table(GEOMETRY_CSV, STAGE))  # as later runs see it
 
-    train_log = run.read_table(TRAIN_LOG, "devtms train --resume")
+    train_log = run.read_table(TRAIN_LOG)
     if train_log is None:
         raise RunDirError(f"{run.path} has no {TRAIN_LOG}: re-run `devtms train CONFIG --out "
                           f"{run.path} --resume`")
     losses = checkpoint_losses(train_log, steps)
-    llc = usable_llc(run.read_table(LLC_CSV, "devtms llc"))
+    llc = usable_llc(run.read_table(LLC_CSV))
     events = transitions_table(geometry, losses, llc, settings)
     per_instance = instance_summary(run.instances, geometry, losses, llc, events, settings)
     summary = summary_table(run.instances, per_instance)

@@ -30,9 +30,13 @@ Randomness is keyed by the estimate, never by position in a chunk:
   dataset, keyed by (instance, instance seed, llc.seed). Chains of one estimate therefore see the
   same minibatches and differ only in their noise (devinterp gives each chain its own shuffle);
   tests/test_llc.py checks the two engines agree within their standard errors.
-- The arithmetic of each chain does not depend on which chains share its tensors (see
-  devtms.sgld), so an estimate's numbers are identical in any chunking, after a kill and rerun,
-  and on any executor, given the same kernel (compiled or eager; see `use_compile`).
+- For elementwise activations the arithmetic of each chain does not depend on which chains
+  share its tensors (see devtms.sgld), so an estimate's numbers are identical in any chunking.
+  The over-features activations (softmax, solu, ...) reduce over features with torch's kernels,
+  whose order follows the whole tensor's shape: their last float32 bits depend on the chunk.
+  So chunks are planned over the whole request, never over what is pending: a rerun after a
+  kill, and any executor, cut the same chunks and give the same bits (given the same kernel,
+  compiled or eager; see `use_compile`).
 
 Health of every estimate (`summarize`): a chain whose minibatch loss becomes non-finite or
 exceeds DIVERGENCE_FACTOR x max(init loss, LOSS_FLOOR) is diverged: it is frozen at w* and its
@@ -174,6 +178,15 @@ class ChunkResult:
     params: LLCParams
     rows: list[dict[str, Any]]
     traces: dict[str, Tensor] = field(default_factory=dict)
+
+    def only(self, wanted: set[tuple[int, int]]) -> ChunkResult:
+        """The estimates (instance, step) in `wanted`, rows and traces alike."""
+        keep = [e for e, r in enumerate(self.rows) if (r["instance"], r["step"]) in wanted]
+        if len(keep) == len(self.rows):
+            return self
+        index = torch.tensor(keep, dtype=torch.long)
+        return ChunkResult(self.engine, self.params, [self.rows[e] for e in keep],
+                           {k: v[index] for k, v in self.traces.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,7 +450,9 @@ def summarize(loss: Tensor, init_loss: Tensor, n_beta: float, n_params: int,
         std = float(good.std()) if k > 1 else float("nan")
         sem = std / math.sqrt(k) if k > 1 else float("nan")
         reasons = []
-        if k < loss.shape[1]:
+        if not math.isfinite(float(init_loss[e])):
+            reasons.append("the checkpoint's loss is not finite (its training diverged)")
+        elif k < loss.shape[1]:
             reasons.append(
                 f"diverged: {loss.shape[1] - k} of {loss.shape[1]} chains (non-finite or exploding "
                 f"loss){'; llc over the rest' if k else ''}")
@@ -543,7 +558,7 @@ def empty_table() -> pd.DataFrame:
 
 
 def read_llc_table(run: RunDir) -> pd.DataFrame:
-    table = run.read_table(LLC_CSV, "devtms llc")
+    table = run.read_table(LLC_CSV)
     if table is None:
         return empty_table()
     missing = [c for c in IDENTITY if c not in table.columns]
@@ -816,6 +831,7 @@ def run_llc(run: RunDir, request: LLCRequest, executor=None, progress: bool = Tr
     from devtms.progress import progress_bar
 
     executor = executor or LocalExecutor()
+    run.cut_torn_line(LLC_CSV)  # a torn row (damage from outside devtms) is estimated again
     table = read_llc_table(run)
     done = table[done_mask(table, request.params, request.engine)]
     done_pairs = set(zip(done["instance"].astype(int), done["step"].astype(int), strict=True))
@@ -824,19 +840,23 @@ def run_llc(run: RunDir, request: LLCRequest, executor=None, progress: bool = Tr
     summary = LLCSummary(len(wanted), len(wanted) - len(pending), 0, 0, 0)
     if not pending:
         return summary
-    # every checkpoint is loaded and verified before anything is written
-    inputs = RunInputs(run, sorted({i for i, _ in pending}), sorted({s for _, s in pending}))
-    remove_orphan_traces(run, table)
-
     m, n = run.config.model.n_hidden, run.config.model.n_features
-    size = request.chunk_size or auto_chunk_size(len(pending), len(request.steps),
+    size = request.chunk_size or auto_chunk_size(len(wanted), len(request.steps),
                                                  request.params, m, n, request.compiled)
-    chunks = plan_chunks(pending, size)
+    # planned over the whole request, so a rerun cuts the chunks of the first run (see top)
+    todo = set(pending)
+    chunks = [(instances, steps) for instances, steps in plan_chunks(wanted, size)
+              if any((i, s) in todo for i in instances for s in steps)]
     summary.chunks = len(chunks)
+    # every checkpoint is loaded and verified before anything is written
+    inputs = RunInputs(run, sorted({i for c in chunks for i in c[0]}),
+                       sorted({s for c in chunks for s in c[1]}))
+    remove_orphan_traces(run, table)
     tasks = (inputs.task(instances, steps, request) for instances, steps in chunks)
     bar = progress_bar(len(pending), f"llc ({request.engine})", "estimate", enabled=progress)
     with bar:
         for result in executor.map(estimate_chunk, tasks):
+            result = result.only(todo)  # a chunk partly done by an earlier, other request
             save_traces(run, result)  # traces first: a row in llc.csv always has its traces
             new = pd.DataFrame(result.rows)[COLUMNS]
             table = sort_table(pd.concat([table, new], ignore_index=True) if len(table) else new)

@@ -107,7 +107,7 @@ def load_run(path: Path) -> RunData:
     """Open and read a trained run directory. Bad input raises UserError; nothing is written."""
     run = RunDir.open(Path(path))
     steps = run.checkpoint_steps()
-    train_log = run.read_table(TRAIN_LOG, "devtms train --resume")
+    train_log = run.read_table(TRAIN_LOG)
     if not steps or train_log is None or not len(train_log):
         raise UserError(f"{path} has not been trained yet (no checkpoints or no {TRAIN_LOG}): "
                         f"run `devtms train CONFIG --out {path}` first")
@@ -119,16 +119,16 @@ def load_run(path: Path) -> RunData:
     if not run.stage_done("train"):
         notes.append(f"training is incomplete (last checkpoint at step {steps[-1]}): the report "
                      f"shows what exists; resume with `devtms train CONFIG --out {path} --resume`")
-    llc_all = _normalise_llc(run.read_table(LLC_CSV, "devtms llc"))
+    llc_all = _normalise_llc(run.read_table(LLC_CSV))
     llc, setting = plotted_llc(llc_all, run)
     if llc is None:
         notes.append(f"no LLC estimates yet: run `devtms llc {path}`")
-    geometry = run.read_table(GEOMETRY_CSV, "devtms analyze")
+    geometry = run.read_table(GEOMETRY_CSV)
     source = "analyze"
     if geometry is None:
         geometry, source = compute_geometry(run, steps), "report"
-    transitions = run.read_table(TRANSITIONS_CSV, "devtms analyze")
-    summary = run.read_table(SUMMARY_CSV, "devtms analyze")
+    transitions = run.read_table(TRANSITIONS_CSV)
+    summary = run.read_table(SUMMARY_CSV)
     if transitions is None or summary is None:
         notes.append(f"no transition analysis yet (transitions.csv, summary.csv): run "
                      f"`devtms analyze {path}`; geometry is computed from the checkpoints and "

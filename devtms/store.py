@@ -56,6 +56,16 @@ SUMMARY_CSV = "summary.csv"
 REPORT_DIR = "report"
 LOCK = ".lock"
 
+# The command that rewrites each run table: what the message about a damaged one says to run.
+REWRITTEN_BY = {
+    INSTANCES_CSV: "devtms train CONFIG --out {run} --force",
+    TRAIN_LOG: "devtms train {run} --resume",
+    LLC_CSV: "devtms llc {run}",
+    GEOMETRY_CSV: "devtms analyze {run}",
+    TRANSITIONS_CSV: "devtms analyze {run}",
+    SUMMARY_CSV: "devtms analyze {run}",
+}
+
 
 # ---------------------------------------------------------------------------------------------
 # Atomic writes
@@ -111,17 +121,37 @@ def write_csv_atomic(path: Path, table: pd.DataFrame) -> None:
 
 
 def read_csv(path: Path, what: str, stage: str) -> pd.DataFrame:
-    """Read a run CSV, refusing a damaged one with the command that repairs it."""
+    """Read a run CSV, refusing a damaged one with the command (`stage`) that repairs it."""
     path = Path(path)
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         raise RunDirError(
-            f"{path} ends in a torn line (a write was cut off): re-run `{stage}` to rewrite it"
+            f"{path} ends in a torn line (a write was cut off): re-run `{stage}` to repair it"
         )
     try:
         return pd.read_csv(io.BytesIO(data))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise RunDirError(f"{path} ({what}) is not a readable CSV ({e}): re-run `{stage}`") from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunDirError(f"{path} ({what}) is not a readable CSV ({reason}): re-run `{stage}`"
+                          ) from None
+
+
+def cut_torn_line(path: Path) -> bool:
+    """Drop a CSV's torn last line (the file ends mid-line), atomically; a file left without a
+    complete line is removed. Only the command that rewrites the file calls this, holding the
+    lock: the rows it drops are computed again. -> whether there was a torn line"""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return False
+    whole = data[: data.rfind(b"\n") + 1]
+    if whole.count(b"\n") < 2:  # nothing but (part of) the header
+        path.unlink()
+    else:
+        write_bytes_atomic(path, whole)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +220,7 @@ class RunDir:
         self.meta = meta
         self.config: RunConfig = config_from_dict(meta["config"])
         self._instances: pd.DataFrame | None = None
+        self.notes: list[str] = []  # repairs made while working on the run, for the user
 
     # -- creating and opening -------------------------------------------------------------
 
@@ -257,7 +288,8 @@ class RunDir:
     @property
     def instances(self) -> pd.DataFrame:
         if self._instances is None:
-            self._instances = read_csv(self.path / INSTANCES_CSV, "instances", "devtms train")
+            self._instances = read_csv(self.path / INSTANCES_CSV, "instances",
+                                       REWRITTEN_BY[INSTANCES_CSV].format(run=self.path))
         return self._instances
 
     # -- locking --------------------------------------------------------------------------
@@ -307,12 +339,26 @@ class RunDir:
 
     # -- tables ---------------------------------------------------------------------------
 
-    def read_table(self, name: str, stage: str) -> pd.DataFrame | None:
-        """A run CSV (train_log.csv, llc.csv, ...) or None if the stage has not written it."""
+    def read_table(self, name: str, stage: str | None = None) -> pd.DataFrame | None:
+        """A run CSV (train_log.csv, llc.csv, ...) or None if the stage has not written it.
+
+        A damaged one raises RunDirError naming the command that repairs it (REWRITTEN_BY; for
+        another file, `stage`).
+        """
         path = self.path / name
         if not path.is_file():
             return None
-        return read_csv(path, name, stage)
+        command = REWRITTEN_BY[name].format(run=self.path) if name in REWRITTEN_BY else stage
+        return read_csv(path, name, command or "the stage that wrote it")
+
+    def cut_torn_line(self, name: str) -> bool:
+        """Repair a run CSV whose last line is torn by dropping that line (the caller holds the
+        lock and computes the dropped row again); noted in self.notes."""
+        if not cut_torn_line(self.path / name):
+            return False
+        self.notes.append(f"{self.path / name} ended in a torn line (a write was cut off); "
+                          "dropped that line, its row is computed again")
+        return True
 
     def write_table(self, name: str, table: pd.DataFrame) -> None:
         write_csv_atomic(self.path / name, table)

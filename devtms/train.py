@@ -198,17 +198,20 @@ class BatchTrainer:
 # The local driver
 
 
-def resume_point(run: RunDir, schedule: list[int]) -> tuple[int, dict[str, Tensor] | None]:
-    """The last checkpoint that verifies and has only verified ones before it.
+def resume_point(run: RunDir, schedule: list[int], limit: int | None = None
+                 ) -> tuple[int, dict[str, Tensor] | None]:
+    """The last checkpoint (at most `limit`) that verifies and has only verified ones before it.
 
-    Checkpoints after it (damaged, or beyond a damaged one) are deleted: training from the
-    resume point writes them again, identically.
+    Checkpoints after it (damaged, beyond a damaged one, or beyond the limit) are deleted:
+    training from the resume point writes them again, identically.
     """
     good_step, good = -1, None
     on_disk = run.checkpoint_steps()
     for step in on_disk:
         if step not in schedule:
             continue
+        if limit is not None and step > limit:
+            break
         try:
             tensors = run.load_checkpoint(step)
         except RunDirError:
@@ -218,6 +221,29 @@ def resume_point(run: RunDir, schedule: list[int]) -> tuple[int, dict[str, Tenso
         if step > good_step:
             run.checkpoint_path(step).unlink(missing_ok=True)
     return good_step, good
+
+
+def logged_through(log: pd.DataFrame | None, schedule: list[int], every: int,
+                   n_instances: int) -> int:
+    """The last checkpoint step up to which train_log.csv has every row (-1: not even step 0's).
+
+    Training logs all instances at every `every`-th step and at every checkpoint, and writes
+    the rows up to a checkpoint before the checkpoint, so a log with rows missing (a damaged or
+    hand-edited file) means resuming from an earlier checkpoint, which writes them again.
+    """
+    if log is None or log.empty:
+        return -1
+    counts = log.drop_duplicates(["step", "instance"]).groupby("step")["instance"].size()
+    have = {int(step): int(k) for step, k in counts.items()}
+    checkpoints = sorted(schedule)
+    logged = sorted(set(range(0, checkpoints[-1] + 1, every)) | set(checkpoints))
+    good, at = -1, set(checkpoints)
+    for step in logged:
+        if have.get(step, 0) != n_instances:
+            break
+        if step in at:
+            good = step
+    return good
 
 
 @dataclass
@@ -272,13 +298,21 @@ def train_run(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
     config, instances = run.config, run.instances
     schedule = checkpoint_steps(config.train.steps, config.checkpoints.log_points,
                                 config.checkpoints.linear_every)
-    step, tensors = resume_point(run, schedule)
+    log = None
+    if run.checkpoint_steps():
+        run.cut_torn_line(TRAIN_LOG)
+        log = run.read_table(TRAIN_LOG)
+    through = logged_through(log, schedule, log_every(config), len(instances))
+    last_on_disk = max([s for s in run.checkpoint_steps() if s in schedule], default=-1)
+    step, tensors = resume_point(run, schedule, limit=through)
+    if through < last_on_disk:
+        run.notes.append(f"{run.path / TRAIN_LOG} lacks rows after step {max(through, 0)}: "
+                         f"training again from step {max(step, 0)} to write them")
     resumed_from = max(step, 0)
     if step == config.train.steps and run.stage_done("train"):
         return 0
-    log = run.read_table(TRAIN_LOG, "devtms train --resume") if step >= 0 else None
     if log is not None:
-        log = log[log["step"] <= step]  # rows past the resume point are written again
+        log = log[log["step"] <= step] if step >= 0 else None  # later rows are written again
     bounds = shard_bounds(len(instances), config.train.shard_size)
 
     def task(shard: int, stop: int) -> ShardTask:

@@ -59,3 +59,36 @@ def tiny_config(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY_TOML)
     return path
+
+
+# A whole study (train -> llc -> analyze -> report) in seconds: 4 instances, 10 checkpoints.
+STUDY_TOML = """\
+name = "tiny-study"
+
+[model]
+n_features = 5
+n_hidden = 2
+activations = ["relu", "tanh"]
+
+[data]
+kind = "single-feature"
+n_samples = 100
+
+[train]
+steps = 200
+batch_size = 50
+optimizer = "sgd"
+lr = 0.1
+momentum = 0.9
+seeds = [0, 1]
+
+[checkpoints]
+log_points = 6
+linear_every = 100
+
+[llc]
+chains = 2
+draws = 40
+burnin = 10
+batch_size = 50
+"""

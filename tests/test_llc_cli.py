@@ -139,6 +139,22 @@ def test_killed_llc_resumes_to_exactly_the_uninterrupted_result(trained, tmp_pat
     assert f"{len(partial)} already in" in resumed.stdout
 
 
+def test_an_estimate_redone_alone_keeps_the_bits_of_its_chunk(run_copy):
+    """Softmax's feature sums follow the chunk's shape, so a rerun must cut the first run's
+    chunks: rows missing from one chunk are computed in that chunk again, not on their own."""
+    args = ["--chunk-size", "40", "--draws", "30", "--chains", "4"]  # two instances per chunk
+    assert run_cli("llc", run_copy, *args, env=ENV).returncode == 0
+    expected = (run_copy / LLC_CSV).read_bytes()
+    run = RunDir.open(run_copy)
+    softmax = int(run.instances.loc[run.instances["activation"] == "softmax", "instance"].iloc[0])
+    table = pd.read_csv(run_copy / LLC_CSV)
+    late = table["step"] == table["step"].max()
+    run.write_table(LLC_CSV, table[(table["instance"] != softmax) | ~late])
+    redo = run_cli("llc", run_copy, *args, env=ENV)
+    assert redo.returncode == 0, redo.stderr
+    assert (run_copy / LLC_CSV).read_bytes() == expected
+
+
 def test_calibrate_writes_a_table_and_a_figure(run_copy):
     result = run_cli("calibrate", run_copy, "--step", "last", "--instances", "0,2",
                      "--eps-grid", "1e-4,1e-2", "--gamma-grid", "10,1000", env=ENV)

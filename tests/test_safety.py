@@ -131,9 +131,13 @@ def test_a_second_writer_is_refused_while_the_first_runs(trained, tmp_path):
 def test_no_run_file_is_a_pickle(trained):
     _, out = trained
     for path in out.rglob("*"):
-        if path.is_file():
-            head = path.read_bytes()[:2]
-            assert head not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK"), path
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if path.suffix == ".safetensors":  # 8-byte header length, then a JSON header
+            assert data[8:9] == b"{" and int.from_bytes(data[:8], "little") < len(data), path
+        else:
+            assert data[:2] not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK"), path
 
 
 def test_adam_state_round_trips_through_a_checkpoint(tmp_path):
@@ -155,3 +159,172 @@ def test_adam_state_round_trips_through_a_checkpoint(tmp_path):
     for trainer_ in (trainer, resumed):
         trainer_.train_step()
     assert torch.equal(trainer.W, resumed.W)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged tables and run files, seen by every stage that reads them: one line naming the file
+# and the command that repairs it; that command repairs it to exactly the undamaged result.
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory):
+    """A run through every stage (train, llc, analyze, report)."""
+    from .conftest import STUDY_TOML
+
+    root = tmp_path_factory.mktemp("studied")
+    (root / "study.toml").write_text(STUDY_TOML)
+    result = run_cli("study", root / "study.toml", "--out", root / "run", env=ENV)
+    assert result.returncode == 0, result.stderr
+    return root / "run"
+
+
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def _tear(path):
+    """Cut the file in the middle of its last line, as a crash in a non-atomic write would."""
+    data = path.read_bytes()
+    path.write_bytes(data[: data.rstrip(b"\n").rfind(b"\n") + 8])
+
+
+def _set_version(path):
+    meta = json.loads(path.read_text())
+    meta["format_version"] = 99
+    path.write_text(json.dumps(meta))
+
+
+DAMAGED = [  # (file, damage, command that reads it, what its one line must say)
+    ("llc.csv", _tear, ["analyze"], "llc.csv ends in a torn line"),
+    ("llc.csv", _tear, ["report"], "llc.csv ends in a torn line"),
+    ("train_log.csv", _tear, ["analyze"], "train_log.csv ends in a torn line"),
+    ("train_log.csv", _tear, ["report"], "train_log.csv ends in a torn line"),
+    ("geometry.csv", _tear, ["report"], "geometry.csv ends in a torn line"),
+    ("summary.csv", _tear, ["report"], "summary.csv ends in a torn line"),
+    ("instances.csv", _tear, ["llc"], "instances.csv ends in a torn line"),
+    ("checkpoints/step_00000100.safetensors", lambda p: p.write_bytes(p.read_bytes()[:300]),
+     ["llc", "--eps", "2e-3"], "step_00000100.safetensors is damaged"),
+    ("checkpoints/step_00000100.safetensors", lambda p: p.write_bytes(p.read_bytes()[:-1] + b"!"),
+     ["calibrate", "--step", "100"], "step_00000100.safetensors fails its content check"),
+    ("run.json", _set_version, ["llc"], "run format version 99"),
+    ("run.json", _set_version, ["analyze"], "run format version 99"),
+    ("run.json", _set_version, ["report"], "run format version 99"),
+    ("run.json", _set_version, ["calibrate", "--step", "last"], "run format version 99"),
+    ("run.json", lambda p: p.write_text('{"format": "devtms-run", '), ["llc"], "not valid JSON"),
+]
+REPAIR = {  # the command each message names, for the files a stage rewrites
+    "llc.csv": "devtms llc {run}", "train_log.csv": "devtms train {run} --resume",
+    "geometry.csv": "devtms analyze {run}", "summary.csv": "devtms analyze {run}",
+    "instances.csv": "--force", "checkpoints": "devtms train {run} --resume",
+    "run.json": "--force",
+}
+
+
+def test_damage_is_named_in_one_line_with_the_command_that_repairs_it(studied, tmp_path):
+    from .forkcli import run_many
+
+    lines = []
+    for k, (name, damage, argv, _) in enumerate(DAMAGED):
+        run = _copy(studied, tmp_path / f"run{k}")
+        damage(run / name)
+        lines.append(([argv[0], run, *argv[1:]], tmp_path))
+    for (name, _, argv, message), (line, _), result in zip(DAMAGED, lines, run_many(lines, ENV),
+                                                        strict=True):
+        run = line[1]
+        assert result.returncode == 2, (name, argv, result.stderr)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+        assert message in result.stderr, result.stderr
+        repair = REPAIR[name.split("/")[0]].format(run=run)
+        assert repair in result.stderr, (repair, result.stderr)
+
+
+def _same_files(a, b, names):
+    for name in names:
+        if name.endswith(".safetensors"):  # the same tensors (the header's order may vary)
+            x, y = load_checkpoint_file(a / name), load_checkpoint_file(b / name)
+            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+        else:
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_a_torn_llc_csv_is_repaired_by_devtms_llc_to_the_undamaged_table(studied, tmp_path):
+    run = _copy(studied, tmp_path / "run")
+    _tear(run / "llc.csv")
+    result = run_cli("llc", run, env=ENV)
+    assert result.returncode == 0, result.stderr
+    assert "llc.csv ended in a torn line" in result.stderr and "1 estimated" in result.stdout
+    _same_files(run, studied, ["llc.csv"])
+    assert run_cli("analyze", run, env=ENV).returncode == 0
+    _same_files(run, studied, ["transitions.csv", "summary.csv"])
+
+
+def test_a_torn_train_log_is_repaired_by_train_resume_to_the_undamaged_log(studied, tmp_path):
+    run = _copy(studied, tmp_path / "run")
+    _tear(run / "train_log.csv")
+    result = run_cli("train", run, "--resume", env=ENV)
+    assert result.returncode == 0, result.stderr
+    assert "train_log.csv ended in a torn line" in result.stderr
+    assert "training again from step 100" in result.stderr
+    _same_files(run, studied, ["train_log.csv", "checkpoints/step_00000200.safetensors"])
+    assert run_cli("train", run, "--resume", env=ENV).stderr == ""  # nothing left to repair
+
+
+def test_a_train_log_missing_rows_is_refilled_by_train_resume(studied, tmp_path):
+    """Rows lost at a line boundary (no torn line to see) are found by counting."""
+    run = _copy(studied, tmp_path / "run")
+    log = (run / "train_log.csv").read_bytes().splitlines(keepends=True)
+    (run / "train_log.csv").write_bytes(b"".join(log[:300] + log[304:]))  # four rows gone
+    result = run_cli("train", run, "--resume", env=ENV)
+    assert result.returncode == 0, result.stderr
+    assert "lacks rows after step" in result.stderr
+    _same_files(run, studied, ["train_log.csv", "checkpoints/step_00000200.safetensors"])
+
+
+def test_torn_analysis_tables_are_rewritten_by_analyze(studied, tmp_path):
+    run = _copy(studied, tmp_path / "run")
+    for name in ("geometry.csv", "transitions.csv", "summary.csv"):
+        _tear(run / name)
+    result = run_cli("analyze", run, env=ENV)
+    assert result.returncode == 0, result.stderr
+    _same_files(run, studied, ["geometry.csv", "transitions.csv", "summary.csv"])
+
+
+def test_a_pickle_planted_as_llc_traces_is_removed_without_running_it(studied, tmp_path):
+    from devtms.llc import load_traces
+
+    run = _copy(studied, tmp_path / "run")
+    marker = tmp_path / "pwned"
+    planted = run / "llc_traces" / "batched-0000000000-000000000000.safetensors"
+    with open(planted, "wb") as f:
+        pickle.dump({"loss": _Payload(str(marker))}, f)
+    with pytest.raises(RunDirError, match="not a safetensors file"):
+        load_traces(run)
+    result = run_cli("llc", run, "--steps", "last", "--instances", "0", "--eps", "2e-3", env=ENV)
+    assert result.returncode == 0, result.stderr
+    assert not planted.exists() and not marker.exists()
+    assert all(p.read_bytes()[8:9] == b"{" for p in (run / "llc_traces").iterdir())  # safetensors
+    assert len(load_traces(run)) == len(list((run / "llc_traces").iterdir()))
+
+
+def test_no_file_of_a_studied_run_is_a_pickle(studied):
+    test_no_run_file_is_a_pickle((None, studied))
+
+
+def test_llc_is_refused_while_a_study_writes_the_run_and_a_killed_study_leaves_no_lock(
+        studied, tmp_path):
+    from .forkcli import run_many
+    from .killing import holds_lock, start_devtms, wait_until
+
+    run = _copy(studied, tmp_path / "run")
+    study = start_devtms(["study", run], ENV)  # a finished study re-renders its report
+    try:
+        wait_until(study, lambda: holds_lock(study, run))
+        assert study.poll() is None, "the study ended before the test could race it"
+        (second,) = run_many([(["llc", run], tmp_path)], ENV)
+        assert study.poll() is None, "the study ended before llc asked for the lock"
+    finally:
+        study.send_signal(signal.SIGKILL)
+        study.wait()
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert "is in use by `devtms study`" in second.stderr
+    third = run_cli("llc", run, env=ENV)  # the kernel dropped the killed study's lock
+    assert third.returncode == 0 and "0 estimated" in third.stdout, third.stderr
