@@ -25,8 +25,9 @@ Why the step is written the way it is:
   every chain's arithmetic is the same whichever other chains share the tensor: an estimate's
   numbers do not depend on its chunk (a batched matmul's would: its blocking and threading
   depend on the whole shape).
-- dL/dpre is the activation registry's vjp (torch's fused backward kernels), so no autograd
-  graph is built; torch.func.vjp only where the registry has none.
+- dL/dpre is hand-written for elementwise activations (`ELEMENTWISE_SLOPES`, checked against
+  autograd in tests/test_sgld.py); the over-features activations (softmax, solu, ...) use
+  torch.func.vjp of the registry's own function.
 - Under torch.compile the whole step (forward, gradient, update, health mask, MALA terms)
   becomes one fused C++ loop nest per activation; without it the same code runs eagerly.
 - A chain whose minibatch loss is not finite or exceeds its `limit` is marked dead, reset to w*
@@ -39,12 +40,14 @@ gradient dws = n_beta grad L + gamma (w - w*) at both ends, as devinterp's callb
 
 from __future__ import annotations
 
+import math
 import threading
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from devtms.activations import Activation, get_activation
 
@@ -65,30 +68,87 @@ def sgld_update(w: Tensor, grad: Tensor, w_star: Tensor, noise: Tensor, eps: Ten
     return w - (0.5 * eps) * dws + (eps ** 0.5) * noise, dws
 
 
-def _features_last(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """Call a registry function on chain-layout tensors (I, B, n, P): features go last."""
-    return lambda *ts: fn(*(t.transpose(-1, -2) for t in ts)).transpose(-1, -2)
+# ---------------------------------------------------------------------------------------------
+# d activation / d preactivation for the elementwise activations, at the conventions of torch's
+# autograd (the subgradient chosen at kinks), as functions of (z, f(z)).
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _one(z: Tensor) -> Tensor:
+    return torch.ones_like(z)
+
+
+def _mish_slope(z: Tensor, out: Tensor) -> Tensor:
+    t = torch.tanh(F.softplus(z))
+    return t + z * torch.sigmoid(z) * (1.0 - t * t)
+
+
+def _silu_slope(z: Tensor, out: Tensor) -> Tensor:
+    s = torch.sigmoid(z)
+    return s * (1.0 + z * (1.0 - s))
+
+
+def _gelu_slope(z: Tensor, out: Tensor) -> Tensor:
+    cdf = 0.5 * (1.0 + torch.erf(z * _INV_SQRT_2))
+    return cdf + z * torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
+
+
+ELEMENTWISE_SLOPES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "relu": lambda z, out: (z > 0).to(z.dtype),
+    "leaky_relu": lambda z, out: torch.where(z > 0, 1.0, 0.01).to(z.dtype),
+    "selu": lambda z, out: torch.where(z > 0, _SELU_SCALE, _SELU_SCALE * _SELU_ALPHA * torch.exp(z)),
+    "celu": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
+    "gelu": _gelu_slope,
+    "sigmoid": lambda z, out: out * (1.0 - out),
+    "hardsigmoid": lambda z, out: ((z > -3.0) & (z < 3.0)).to(z.dtype) / 6.0,
+    "silu": _silu_slope,
+    "hardswish": lambda z, out: torch.where(
+        z <= -3.0, 0.0, torch.where(z < 3.0, z / 3.0 + 0.5, 1.0)).to(z.dtype),
+    "mish": _mish_slope,
+    "softplus": lambda z, out: torch.where(z > 20.0, 1.0, torch.sigmoid(z)),
+    "tanh": lambda z, out: 1.0 - out * out,
+    "hardtanh": lambda z, out: ((z > -1.0) & (z < 1.0)).to(z.dtype),
+    "elu": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
+    "hardshrink": lambda z, out: ((z < -0.5) | (z > 0.5)).to(z.dtype),
+    "logsigmoid": lambda z, out: torch.sigmoid(-z),
+    "exp": lambda z, out: out,
+    "exp_linear": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
+    "tanhshrink": lambda z, out: torch.tanh(z).square(),
+    "relu6": lambda z, out: ((z > 0.0) & (z < 6.0)).to(z.dtype),
+    "relu_squared": lambda z, out: 2.0 * F.relu(z),
+    "softshrink": lambda z, out: ((z < -0.5) | (z > 0.5)).to(z.dtype),
+    "softsign": lambda z, out: (1.0 + z.abs()).reciprocal().square(),
+    "linear": lambda z, out: _one(z),
+}
+
+
+def _features_last(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """Apply a registry function to chain-layout preactivations (I, B, n, P): features go last."""
+    return lambda z: fn(z.transpose(-1, -2)).transpose(-1, -2)
 
 
 def value_and_vjp(act: Activation) -> Callable[[Tensor], tuple[Tensor, Callable[[Tensor], Tensor]]]:
     """act -> (z -> (f(z), v -> v^T df/dz)) for preactivations z in chain layout (I, B, n, P).
 
-    The registry's own vjp (torch's backward kernels, checked against autograd in
-    tests/test_activations.py); torch.func.vjp for an activation that has none (solu_ln).
+    Elementwise activations with a hand-written slope: v * f'(z). Otherwise (the over-features
+    ones, or a new activation without a slope): torch.func.vjp of the registry's function.
     """
-    over = act.over_features
-    fn = _features_last(act.fn) if over else act.fn
-    if act.vjp_fn is not None:
-        vjp = _features_last(act.vjp_fn) if over else act.vjp_fn
-
-        def registry(z: Tensor):
-            out = fn(z)
-            return out, lambda v: vjp(v, z, out)
-        return registry
+    slope = ELEMENTWISE_SLOPES.get(act.name) if not act.over_features else None
+    if slope is not None:
+        def elementwise(z: Tensor):
+            out = act.fn(z)
+            s = slope(z, out)
+            return out, lambda v: v * s
+        return elementwise
+    fn = _features_last(act.fn)
 
     def generic(z: Tensor):
-        out, pullback = torch.func.vjp(fn, z)
-        return out, lambda v: pullback(v)[0]
+        out, vjp = torch.func.vjp(fn, z)
+        return out, lambda v: vjp(v)[0]
     return generic
 
 
