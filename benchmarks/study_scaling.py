@@ -36,29 +36,11 @@ import shutil
 import statistics
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
-
-
-def train_short(out: Path, steps: int, seeds: list[int]) -> Path:
-    from devtms.config import config_from_dict, instance_table
-    from devtms.store import RunDir
-    from devtms.train import train_run
-
-    raw = tomllib.loads(resources.files("devtms.presets").joinpath("activations27.toml").read_text())
-    raw["train"].update(steps=steps, seeds=seeds)
-    raw["checkpoints"] = {"log_points": 12}
-    config = config_from_dict(raw)
-    run = RunDir.create(out, config, instance_table(config))
-    t = time.perf_counter()
-    train_run(run)
-    print(f"trained a shortened activations27 run ({len(run.instances)} instances, {steps} steps) "
-          f"in {time.perf_counter() - t:.0f} s -> {out}")
-    return out
+from _shared import train_short
 
 
 def timed_call(fn, task):
