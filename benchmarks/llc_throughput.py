@@ -60,7 +60,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for both engines (default 1: devinterp's tiny ops "
                          "cannot use more, and both suffer from oversubscription on a busy box)")
-    ap.add_argument("--steps", type=int, default=6, help="checkpoint steps per instance")
+    ap.add_argument("--steps", type=int, default=10, help="checkpoint steps per instance")
+    ap.add_argument("--seeds", type=int, default=5,
+                    help="seeds of the shortened run (default 5, the activations27 preset's)")
     ap.add_argument("--chains", type=int, default=8)
     ap.add_argument("--draws", type=int, default=500)
     ap.add_argument("--burnin", type=int, default=100)
@@ -77,7 +79,8 @@ def main() -> None:
     tmp = None
     if args.run is None:
         tmp = tempfile.TemporaryDirectory(prefix="llc_bench_")
-        args.run = train_short(Path(tmp.name) / "run", steps=2000, seeds=[0, 1])
+        args.run = train_short(Path(tmp.name) / "run", steps=2000,
+                               seeds=list(range(args.seeds)))
     run = RunDir.open(args.run)
     cfg = run.config
     all_steps = run.checkpoint_steps()

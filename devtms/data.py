@@ -101,10 +101,10 @@ class FiniteBatches:
             self._perms[epoch] = torch.stack([per_seed[s] for s in self.key_seeds])
         return self._perms[epoch]
 
-    def indices(self, step: int) -> Tensor:
-        """(keys, B) sample indices of the batch at `step`."""
+    def indices(self, step: int, count: int = 1) -> Tensor:
+        """(keys, count * B) sample indices of the batches at steps [step, step + count)."""
         n_samples = self.train_sets.shape[1]
-        positions = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        positions = torch.arange(step * self.batch_size, (step + count) * self.batch_size)
         epochs = positions // n_samples
         columns = [
             self._epoch_perm(epoch)[:, positions[epochs == epoch] % n_samples]
@@ -112,11 +112,16 @@ class FiniteBatches:
         ]
         return torch.cat(columns, dim=1)
 
+    def batches(self, step: int, count: int) -> Tensor:
+        """The batches of steps [step, step + count) at once. -> (count, instances, B, n)"""
+        idx = self.indices(step, count)  # (keys, count * B)
+        per_key = torch.stack([self.train_sets[k, idx[k]] for k in range(len(self.key_seeds))])
+        per_key = per_key.unflatten(1, (count, self.batch_size))  # (keys, count, B, n)
+        return self.keys.expand(per_key).transpose(0, 1)
+
     def batch(self, step: int) -> Tensor:
         """(instances, B, n)"""
-        idx = self.indices(step)  # (keys, B)
-        per_key = torch.stack([self.train_sets[k, idx[k]] for k in range(len(self.key_seeds))])
-        return self.keys.expand(per_key)
+        return self.batches(step, 1)[0]
 
 
 class FreshBatches:

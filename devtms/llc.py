@@ -322,7 +322,7 @@ def _run_tile(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance:
     draws = torch.empty(p.draws, I, P, device=dev)
     mala_sum = torch.zeros(I, P, dtype=torch.float64, device=dev)
     mala_count = 0
-    noise = torch.empty(0)
+    noise = block = torch.empty(0)
     with torch.no_grad():
         for t in range(p.burnin + p.draws):
             k, offset = divmod(t, NOISE_BLOCK)
@@ -333,7 +333,9 @@ def _run_tile(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance:
                 ])  # (I, S, 64, C, d)
                 noise = noise.permute(2, 0, 4, 1, 3).reshape(NOISE_BLOCK, I, d, P)
                 noise = noise.contiguous().to(dev)
-            x = batches.batch(t)  # (I, B, n)
+                count = min(NOISE_BLOCK, p.burnin + p.draws - t)
+                block = batches.batches(t, count)  # (count, I, B, n): this block's minibatches
+            x = block[offset].contiguous()  # (I, B, n)
             loss, accept = state.advance(x, imp, noise[offset].clone(), hp, step)  # (I, P)
             if t >= p.burnin:
                 draws[t - p.burnin] = loss

@@ -40,6 +40,14 @@ def test_finite_batches_cover_each_sample_once_per_epoch():
     assert sorted(idx.tolist()) == list(range(48))
 
 
+def test_a_block_of_batches_is_the_batches_of_its_steps_across_epochs():
+    stream, _ = _finite([0, 1], [0.5, 0.9], N=50, B=16)  # 50 / 16: batches straddle epochs
+    block = stream.batches(2, 9)  # (9, instances, B, n)
+    assert block.shape == (9, 2, 16, 4)
+    for k in range(9):
+        assert torch.equal(block[k], stream.batch(2 + k))
+
+
 def test_batches_are_pure_functions_of_the_step():
     stream, _ = _finite([0, 1], [0.5, 0.5], N=50, B=16)
     later = stream.batch(7)
