@@ -3,10 +3,12 @@
     python benchmarks/llc_throughput.py                 # trains a shortened activations27 run
     python benchmarks/llc_throughput.py --run runs/activations27 --threads 2
 
-The estimate set: every instance of an activations27 run (29 activations x seeds, 8 features,
-2 hidden) at several checkpoint steps, 8 chains x 500 draws (+ burn-in) each. The batched engine
-runs all of them (compiled, the default for a job this size); devinterp runs one checkpoint at a
-time with a Python loop over chains and steps, so it is timed on a sample of the same estimates:
+The estimate set: every instance of a shortened activations27 run (29 activations x 5 seeds,
+8 features, 2 hidden, the preset's 50 log-spaced checkpoints, of which about 40 are distinct
+steps in 2000 training steps) at every checkpoint, 8 chains x 500 draws (+ 100 burn-in) each.
+The batched engine runs all of them (compiled, the default for a job this size); devinterp
+runs one checkpoint at a time with a Python loop over chains and steps, so it is timed on a
+sample of the same estimates:
 its cost per chain-step is the same for every estimate (tiny model, fixed batch size).
 Both run in this process with the same number of torch threads. The two are timed in turns,
 several times, and the best of each is reported, because other processes on a shared machine
@@ -60,7 +62,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for both engines (default 1: devinterp's tiny ops "
                          "cannot use more, and both suffer from oversubscription on a busy box)")
-    ap.add_argument("--steps", type=int, default=10, help="checkpoint steps per instance")
+    ap.add_argument("--steps", type=int, default=50,
+                    help="checkpoint steps per instance (default 50, the preset's log_points; "
+                         "fewer if the run has fewer distinct checkpoints)")
     ap.add_argument("--seeds", type=int, default=5,
                     help="seeds of the shortened run (default 5, the activations27 preset's)")
     ap.add_argument("--chains", type=int, default=8)
@@ -80,11 +84,11 @@ def main() -> None:
     if args.run is None:
         tmp = tempfile.TemporaryDirectory(prefix="llc_bench_")
         args.run = train_short(Path(tmp.name) / "run", steps=2000,
-                               seeds=list(range(args.seeds)))
+                               seeds=list(range(args.seeds)), log_points=50)
     run = RunDir.open(args.run)
     cfg = run.config
     all_steps = run.checkpoint_steps()
-    picks = np.linspace(len(all_steps) // 3, len(all_steps) - 1, args.steps).round().astype(int)
+    picks = np.linspace(0, len(all_steps) - 1, args.steps).round().astype(int)
     steps = sorted({all_steps[k] for k in picks})
     hp = dict(chains=args.chains, draws=args.draws, burnin=args.burnin)
     request = llc.build_request(run, steps=",".join(map(str, steps)), overrides=hp,
@@ -131,9 +135,8 @@ def main() -> None:
     print(f"ratio batched / devinterp: {bt_rate / di_rate:,.0f}x wall, "
           f"{(chain_steps / bt_cpu) / (sample_steps / di_cpu):,.0f}x per CPU-second")
 
-    tile_chains = llc.TILE_CHAINS[request.compiled]
-    s_tile = max(1, min(len(steps), tile_chains // args.chains))
-    i_tile = max(1, tile_chains // (s_tile * args.chains))
+    i_tile, s_tile = llc.tile_shape(len(request.instances), len(steps), args.chains,
+                                    request.compiled)
     rate = matmul_rate(i_tile, B, n, m * s_tile * args.chains)
     flops = 10 * B * m * n
     limit = rate / flops

@@ -268,9 +268,7 @@ def run_chains(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance
     Tiles never change numbers (each chain's arithmetic is its own).
     """
     I, S = W0.shape[:2]
-    tile = TILE_CHAINS[compiled]
-    s_tile = max(1, min(S, tile // params.chains))
-    i_tile = max(1, tile // (s_tile * params.chains))
+    i_tile, s_tile = tile_shape(I, S, params.chains, compiled)
     draws = torch.empty(I, S, params.chains, params.draws)
     mala = torch.empty(I, S, params.chains)
     for i0 in range(0, I, i_tile):
@@ -281,6 +279,19 @@ def run_chains(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance
                 seeds[si], steps[ss], init_loss[si, ss], params, bias=bias,
                 reduction=reduction, compiled=compiled, device=device)
     return draws, mala
+
+
+def tile_shape(I: int, S: int, chains: int, compiled: bool) -> tuple[int, int]:
+    """Instances x steps per tile: about TILE_CHAINS chains, all of an instance's steps when
+    they fit, and never one instance alone when compiled (that would run a twin, see _run_tile).
+    """
+    tile = TILE_CHAINS[compiled]
+    s_tile = max(1, min(S, tile // chains))
+    i_tile = max(1, tile // (s_tile * chains))
+    if compiled and i_tile == 1 and I > 1:
+        s_tile = max(1, min(S, tile // (2 * chains)))
+        i_tile = 2
+    return i_tile, s_tile
 
 
 def _run_tile(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance: Tensor,
