@@ -47,10 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from devtms.commands.train import clear_run_dir, prepare_run_dir, shard_note
-    from devtms.config import instance_table
+    from devtms.commands.train import open_run_dir, prepare_run_dir
     from devtms.llc import check_device
-    from devtms.store import RunDir, lock_dir
+    from devtms.store import lock_dir
     from devtms.study import run_study
 
     config, out, action = prepare_run_dir(args.config, args.out, resume=not args.force,
@@ -58,14 +57,8 @@ def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     start = time.perf_counter()
     with open_executor(args.scheduler) as executor, lock_dir(out, "devtms study"):
-        if action == "replace":
-            clear_run_dir(out)
-        run_dir = (RunDir.open(out) if action == "resume"
-                   else RunDir.create(out, config, instance_table(config)))
+        run_dir = open_run_dir(out, config, action, args.scheduler)
         print(f"study {config.name}: {len(run_dir.instances)} instances -> {out}")
-        note = shard_note(config, args.scheduler, len(run_dir.instances))
-        if note and not run_dir.stage_done("train"):
-            print(note, file=sys.stderr)
         result = run_study(run_dir, device=device,
                            executor=None if args.scheduler == "local" else executor)
     for note in run_dir.notes:  # repairs of damaged files

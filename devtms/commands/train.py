@@ -6,9 +6,13 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from devtms.commands import add_device, add_scheduler, open_executor
 from devtms.errors import UserError
+
+if TYPE_CHECKING:
+    from devtms.store import RunDir
 
 DEFAULT_RUNS = Path("runs")
 
@@ -101,6 +105,22 @@ def prepare_run_dir(config_arg: str, out: Path | None, resume: bool, force: bool
     return config, out, "resume"
 
 
+def open_run_dir(out: Path, config, action: str, scheduler: str) -> RunDir:
+    """The run directory `prepare_run_dir` decided on: opened to resume, or (re)created; says
+    when a scheduler cannot parallelize training (the caller holds the run lock)."""
+    from devtms.config import instance_table
+    from devtms.store import RunDir
+
+    if action == "replace":
+        clear_run_dir(out)
+    run_dir = (RunDir.open(out) if action == "resume"
+               else RunDir.create(out, config, instance_table(config)))
+    note = shard_note(config, scheduler, len(run_dir.instances))
+    if note and not run_dir.stage_done("train"):
+        print(note, file=sys.stderr)
+    return run_dir
+
+
 def clear_run_dir(path: Path) -> None:
     """Remove a run directory's contents (called only on a directory holding run.json)."""
     for child in path.iterdir():
@@ -122,21 +142,14 @@ def shard_note(config, scheduler: str, n_instances: int) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from devtms.config import instance_table
     from devtms.llc import check_device
-    from devtms.store import RunDir, lock_dir
+    from devtms.store import lock_dir
     from devtms.train import train_run
 
     config, out, action = prepare_run_dir(args.config, args.out, args.resume, args.force)
     device = check_device(args.device)  # before anything is written
     with open_executor(args.scheduler) as executor, lock_dir(out, "devtms train"):
-        if action == "replace":
-            clear_run_dir(out)
-        run_dir = (RunDir.open(out) if action == "resume"
-                   else RunDir.create(out, config, instance_table(config)))
-        note = shard_note(config, args.scheduler, len(run_dir.instances))
-        if note and not run_dir.stage_done("train"):
-            print(note, file=sys.stderr)
+        run_dir = open_run_dir(out, config, action, args.scheduler)
         trained = train_run(run_dir, device=device,
                             executor=None if args.scheduler == "local" else executor)
     for note in run_dir.notes:  # repairs of damaged files
