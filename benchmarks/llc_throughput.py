@@ -4,12 +4,12 @@
     python benchmarks/llc_throughput.py --run runs/activations27 --threads 2
 
 The estimate set: every instance of a shortened activations27 run (29 activations x 5 seeds,
-8 features, 2 hidden, the preset's 50 log-spaced checkpoints, of which about 40 are distinct
-steps in 2000 training steps) at every checkpoint, 8 chains x 500 draws (+ 100 burn-in) each.
-The batched engine runs all of them (compiled, the default for a job this size); devinterp
-runs one checkpoint at a time with a Python loop over chains and steps, so it is timed on a
-sample of the same estimates:
-its cost per chain-step is the same for every estimate (tiny model, fixed batch size).
+8 features, 2 hidden, 2000 training steps) at each of its 50 distinct checkpoints (58 log
+points; the preset's own 50 log points over 20,000 steps are only 47 distinct steps), 8 chains
+x 500 draws (+ 100 burn-in) each. The batched engine runs all of them (compiled, the default
+for a job this size); devinterp runs one checkpoint at a time with a Python loop over chains
+and steps, so it is timed on a sample of the same estimates: its cost per chain-step is the
+same for every estimate (tiny model, fixed batch size).
 Both run in this process with the same number of torch threads. The two are timed in turns,
 several times, and the best of each is reported, because other processes on a shared machine
 slow whichever happens to run with them.
@@ -63,8 +63,8 @@ def main() -> None:
                     help="torch threads for both engines (default 1: devinterp's tiny ops "
                          "cannot use more, and both suffer from oversubscription on a busy box)")
     ap.add_argument("--steps", type=int, default=50,
-                    help="checkpoint steps per instance (default 50, the preset's log_points; "
-                         "fewer if the run has fewer distinct checkpoints)")
+                    help="checkpoint steps per instance (default 50; fewer if the run has fewer "
+                         "distinct checkpoints)")
     ap.add_argument("--seeds", type=int, default=5,
                     help="seeds of the shortened run (default 5, the activations27 preset's)")
     ap.add_argument("--chains", type=int, default=8)
@@ -84,7 +84,7 @@ def main() -> None:
     if args.run is None:
         tmp = tempfile.TemporaryDirectory(prefix="llc_bench_")
         args.run = train_short(Path(tmp.name) / "run", steps=2000,
-                               seeds=list(range(args.seeds)), log_points=50)
+                               seeds=list(range(args.seeds)), log_points=58)
     run = RunDir.open(args.run)
     cfg = run.config
     all_steps = run.checkpoint_steps()

@@ -297,11 +297,7 @@ def loss_grid(curves: pd.DataFrame, panels: list[Panel], max_step: int, title: s
         loss_axis(ax, label=False, limits=(lo, hi))
         ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     _hide_unused(axes, len(panels))
-    for ax in axes[:, 0]:
-        ax.set_ylabel("loss (log)")
-    for ax in axes[-1, :]:
-        ax.set_xlabel("step")
-    _grid_title(fig, title)
+    _label_grid(fig, axes, "loss (log)", title)
     _grid_footer(fig, seeds, "grey: the median of every other panel, for reference; "
                              "x: training step on a symlog axis (0 = initialisation)",
                  series_names)
@@ -317,6 +313,15 @@ def _grid_footer(fig: Figure, seeds: Sequence[int], note: str,
     H = fig.get_size_inches()[1]
     _seed_legend(fig, seeds, y=0.22 / H, names=series_names)
     fig.text(0.01, 0.06 / H, note, ha="left", va="bottom", fontsize=7.5, color="#555555")
+
+
+def _label_grid(fig: Figure, axes: np.ndarray, ylabel: str, title: str) -> None:
+    """Step on the bottom row's x axes, `ylabel` on the left column's, and the title."""
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("step")
+    _grid_title(fig, title)
 
 
 def _grid_title(fig: Figure, title: str) -> None:
@@ -368,11 +373,7 @@ def llc_grid(llc: pd.DataFrame, panels: list[Panel], max_step: int, title: str) 
         if d is not None:
             mark_outside(ax, d["step"].to_numpy(float), d["llc_mean"].to_numpy(float),
                          style(panel.activation).color, ~d["healthy"].to_numpy(bool))
-    for ax in axes[:, 0]:
-        ax.set_ylabel("LLC")
-    for ax in axes[-1, :]:
-        ax.set_xlabel("step")
-    _grid_title(fig, title)
+    _label_grid(fig, axes, "LLC", title)
     _grid_footer(fig, seeds, "band: ±1 sd over chains; hollow markers: estimates flagged "
                              "unhealthy; y range: 1st percentile to maximum of the healthy "
                              "estimates; triangles at the edge mark estimates beyond it")

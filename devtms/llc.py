@@ -64,6 +64,7 @@ import torch
 from devtms import model as tms
 from devtms import sgld
 from devtms.activations import contiguous_groups
+from devtms.allocator import keep_freed_memory
 from devtms.config import LLCConfig, RunConfig
 from devtms.data import DataKeys, FiniteBatches, importance_weights
 from devtms.errors import UserError
@@ -239,6 +240,7 @@ def minibatch_keys(instances: Sequence[int], seeds: Sequence[int], params: LLCPa
 
 
 def _batched_chunk(task: ChunkTask) -> ChunkResult:
+    keep_freed_memory()  # every step allocates megabytes: reuse them, do not page-fault them in
     p = task.params
     init = init_losses(task)  # (I, S)
     I, S, m, n = task.W0.shape
@@ -282,16 +284,19 @@ def run_chains(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance
 
 
 def tile_shape(I: int, S: int, chains: int, compiled: bool) -> tuple[int, int]:
-    """Instances x steps per tile: about TILE_CHAINS chains, all of an instance's steps when
-    they fit, and never one instance alone when compiled (that would run a twin, see _run_tile).
+    """Instances x steps per tile: about TILE_CHAINS chains, tiles of equal size. Every instance
+    of the group in each tile when they fit, else about equal groups of instances with all
+    their steps, and never one instance alone when compiled (that would run a twin, see
+    _run_tile). Steps are split last, into equal parts.
     """
     tile = TILE_CHAINS[compiled]
-    s_tile = max(1, min(S, tile // chains))
-    i_tile = max(1, tile // (s_tile * chains))
-    if compiled and i_tile == 1 and I > 1:
-        s_tile = max(1, min(S, tile // (2 * chains)))
-        i_tile = 2
-    return i_tile, s_tile
+    if I * chains <= tile:
+        i_tile = I
+    else:
+        i_tile = max(2 if compiled else 1, tile // (S * chains))
+        i_tile = math.ceil(I / math.ceil(I / i_tile))  # equal groups
+    parts = max(1, round(i_tile * S * chains / tile))
+    return i_tile, math.ceil(S / parts)
 
 
 def _run_tile(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance: Tensor,

@@ -83,8 +83,14 @@ def _one(z: Tensor) -> Tensor:
 
 
 def _mish_slope(z: Tensor, out: Tensor) -> Tensor:
-    t = torch.tanh(F.softplus(z))
-    return t + z * torch.sigmoid(z) * (1.0 - t * t)
+    # t = tanh(softplus(z)) and sigmoid(z) from one exp: with e = e^z, t = u / (u + 2) where
+    # u = e (e + 2), and 1 - t^2 = (1 - t)(1 + t) = 2 (1 + t) / (u + 2) without cancellation.
+    # (Four transcendentals per element otherwise; mish was the slowest activation by 2x.)
+    e = torch.exp(torch.clamp(z, max=20.0))
+    u = e * (e + 2.0)
+    t = u / (u + 2.0)
+    slope = t + z * (e / (1.0 + e)) * (2.0 * (1.0 + t) / (u + 2.0))
+    return torch.where(z > 20.0, 1.0, slope)  # torch's softplus is z itself above 20
 
 
 def _silu_slope(z: Tensor, out: Tensor) -> Tensor:
@@ -109,15 +115,16 @@ ELEMENTWISE_SLOPES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "hardswish": lambda z, out: torch.where(
         z <= -3.0, 0.0, torch.where(z < 3.0, z / 3.0 + 0.5, 1.0)).to(z.dtype),
     "mish": _mish_slope,
-    "softplus": lambda z, out: torch.where(z > 20.0, 1.0, torch.sigmoid(z)),
+    # sigmoid(z) = 1 - e^-softplus(z): one expm1 of the output instead of an exp of z and a division
+    "softplus": lambda z, out: torch.where(z > 20.0, 1.0, -torch.expm1(-out)),
     "tanh": lambda z, out: 1.0 - out * out,
     "hardtanh": lambda z, out: ((z > -1.0) & (z < 1.0)).to(z.dtype),
     "elu": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
     "hardshrink": lambda z, out: ((z < -0.5) | (z > 0.5)).to(z.dtype),
-    "logsigmoid": lambda z, out: torch.sigmoid(-z),
+    "logsigmoid": lambda z, out: -torch.expm1(out),  # sigmoid(-z) = 1 - e^logsigmoid(z)
     "exp": lambda z, out: out,
     "exp_linear": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
-    "tanhshrink": lambda z, out: torch.tanh(z).square(),
+    "tanhshrink": lambda z, out: (z - out).square(),  # tanh(z)^2, without a second tanh
     "relu6": lambda z, out: ((z > 0.0) & (z < 6.0)).to(z.dtype),
     "relu_squared": lambda z, out: 2.0 * F.relu(z),
     "softshrink": lambda z, out: ((z < -0.5) | (z > 0.5)).to(z.dtype),
@@ -131,24 +138,36 @@ def _features_last(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]
     return lambda z: fn(z.transpose(-1, -2)).transpose(-1, -2)
 
 
-def value_and_vjp(act: Activation) -> Callable[[Tensor], tuple[Tensor, Callable[[Tensor], Tensor]]]:
-    """act -> (z -> (f(z), v -> v^T df/dz)) for preactivations z in chain layout (I, B, n, P).
+def value_and_vjp(act: Activation) -> Callable[[Tensor], tuple[Tensor, Callable[[Tensor], Tensor],
+                                                             tuple[Tensor, ...]]]:
+    """act -> (z -> (f(z), v -> v^T df/dz, reused)) for preactivations z in chain layout
+    (I, B, n, P).
 
-    Elementwise activations with a hand-written slope: v * f'(z). Otherwise (the over-features
-    ones, or a new activation without a slope): torch.func.vjp of the registry's function.
+    Elementwise activations with a hand-written slope: v * f'(z), and `reused` = (f(z),), which
+    more than one of the step's loops reads: materialized under torch.compile, it is computed
+    once instead of in each loop (mish 1.9x, silu 1.5x faster; materializing f'(z) as well
+    was slower). The over-features ones: the registry's own vjp (plain tensor ops), features
+    moved last. Otherwise (solu_ln, or a new activation without a slope): torch.func.vjp of
+    the registry's function. Neither has anything to reuse.
     """
     slope = ELEMENTWISE_SLOPES.get(act.name) if not act.over_features else None
     if slope is not None:
         def elementwise(z: Tensor):
             out = act.fn(z)
             s = slope(z, out)
-            return out, lambda v: v * s
+            return out, lambda v: v * s, (out,)
         return elementwise
     fn = _features_last(act.fn)
+    if act.over_features and act.vjp_fn is not None:
+        def written(z: Tensor):
+            out = fn(z)
+            return out, lambda v: act.vjp_fn(v.transpose(-1, -2), z.transpose(-1, -2),
+                                             out.transpose(-1, -2)).transpose(-1, -2), ()
+        return written
 
     def generic(z: Tensor):
         out, vjp = torch.func.vjp(fn, z)
-        return out, lambda v: vjp(v)[0]
+        return out, lambda v: vjp(v)[0], ()
     return generic
 
 
@@ -243,7 +262,7 @@ def tms_sgld_step(act: Activation, bias: bool, W: Tensor, b: Tensor, W0: Tensor,
     x5 = x[:, :, None, :, None]  # (I, B, 1, n, 1)
     h = fixed_sum(x5 * W[:, None], 3)  # h = W x: (I, B, m, P)
     pre = b[:, None] + fixed_sum(h[:, :, :, None] * W[:, None], 2)  # W^T h + b: (I, B, n, P)
-    out, vjp = value_and_vjp(act)(pre)
+    out, vjp, reused = value_and_vjp(act)(pre)
     diff = out - x[..., None]  # (I, B, n, P)
     wdiff = imp[:, None, :, None] * diff
     err = fixed_sum(wdiff * diff, 2)  # weighted squared error per sample: (I, B, P)
@@ -287,8 +306,8 @@ def tms_sgld_step(act: Activation, bias: bool, W: Tensor, b: Tensor, W0: Tensor,
     nan = torch.full_like(loss, float("nan"))
     loss = torch.where(alive_new, loss, nan)
     mala = torch.where(alive_new & alive, mala, nan)
-    out = (W_new, b_new, alive_new, dws_W_new, dws_b_new, noise, U_new, loss, mala)
-    return out + (g, h, err) if materialize else out
+    result = (W_new, b_new, alive_new, dws_W_new, dws_b_new, noise, U_new, loss, mala)
+    return result + (g, h, err, *reused) if materialize else result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,15 +346,21 @@ def _compiled(fn: Callable[..., tuple[Tensor, ...]]) -> Callable[..., tuple[Tens
     from torch.fx.experimental import _config as fx_config
 
     compiled = torch.compile(fn, dynamic=False)
+    seen: set[tuple[torch.Size, torch.Size]] = set()
 
     def run(*args: Tensor) -> tuple[Tensor, ...]:
         # instances (first axis), chains (last axis) and the batch size vary between calls;
-        # m and n stay fixed, so inductor unrolls the small contractions over them
-        for k, t in enumerate(args[:-1]):
-            torch._dynamo.maybe_mark_dynamic(t, 0)
-            if k not in (10, 11):  # chain layout: the chains are the last axis
-                torch._dynamo.maybe_mark_dynamic(t, t.dim() - 1)
-        torch._dynamo.maybe_mark_dynamic(args[10], 1)  # x: (I, B, n)
+        # m and n stay fixed, so inductor unrolls the small contractions over them. Marks
+        # matter only to a call that compiles, which only a new shape can make: mark those
+        # (marking all 14 tensors of every call cost 35 us of a 300 us step).
+        shapes = (args[0].shape, args[10].shape)  # W: (I, m, n, P), x: (I, B, n)
+        if shapes not in seen:
+            seen.add(shapes)
+            for k, t in enumerate(args[:-1]):
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+                if k not in (10, 11):  # chain layout: the chains are the last axis
+                    torch._dynamo.maybe_mark_dynamic(t, t.dim() - 1)
+            torch._dynamo.maybe_mark_dynamic(args[10], 1)  # x: (I, B, n)
         duck = fx_config.use_duck_shape  # (config.patch costs more than the call itself)
         fx_config.use_duck_shape = False
         try:

@@ -28,7 +28,7 @@ from devtms.activations import contiguous_groups
 from devtms.config import RunConfig
 from devtms.data import DataKeys, FiniteBatches, FreshBatches, fixed_sets, importance_weights
 from devtms.errors import RunDirError
-from devtms.executors import Executor
+from devtms.executors import Executor, LocalExecutor
 from devtms.progress import progress_bar
 from devtms.schedule import checkpoint_steps, log_steps_default_every
 from devtms.store import TRAIN_LOG, RunDir
@@ -290,8 +290,9 @@ def train_run(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
     """Train (or finish training) every instance of `run`, writing checkpoints and the log.
 
     Verifies every checkpoint on disk first and resumes after the last good one. Instances
-    train in shards of train.shard_size (one shard by default); an executor runs the shards
-    of each checkpoint interval in parallel, in-process training steps them in lockstep. Both
+    train in shards of train.shard_size (one shard by default); a Dask executor runs the shards
+    of each checkpoint interval in parallel, in-process (None or a LocalExecutor) training
+    steps them in lockstep. Both
     compute exactly the same numbers; only this process writes the run directory.
     -> the number of steps trained (0: the run was already complete and intact).
     """
@@ -323,7 +324,8 @@ def train_run(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
     run.set_stage("train", done=False)
     bar = progress_bar(config.train.steps, "train", unit="step", initial=max(step, 0))
     with bar:
-        if executor is None:  # in-process: one live trainer per shard, stepped in lockstep
+        if executor is None or isinstance(executor, LocalExecutor):
+            # in-process: one live trainer per shard, stepped in lockstep
             streams = [_live_shard(task(k, config.train.steps), bar if k == 0 else None)
                        for k in range(len(bounds))]
             rounds = (list(parts) for parts in zip(*streams, strict=True))

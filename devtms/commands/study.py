@@ -59,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
     with open_executor(args.scheduler) as executor, lock_dir(out, "devtms study"):
         run_dir = open_run_dir(out, config, action, args.scheduler)
         print(f"study {config.name}: {len(run_dir.instances)} instances -> {out}")
-        result = run_study(run_dir, device=device,
-                           executor=None if args.scheduler == "local" else executor)
+        result = run_study(run_dir, device=device, executor=executor)
     for note in run_dir.notes:  # repairs of damaged files
         print(f"note: {note}", file=sys.stderr)
     print(f"done in {time.perf_counter() - start:.0f} s; open {result.report}")

@@ -150,8 +150,7 @@ def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)  # before anything is written
     with open_executor(args.scheduler) as executor, lock_dir(out, "devtms train"):
         run_dir = open_run_dir(out, config, action, args.scheduler)
-        trained = train_run(run_dir, device=device,
-                            executor=None if args.scheduler == "local" else executor)
+        trained = train_run(run_dir, device=device, executor=executor)
     for note in run_dir.notes:  # repairs of damaged files
         print(f"note: {note}", file=sys.stderr)
     if trained == 0:
