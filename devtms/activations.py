@@ -92,11 +92,22 @@ def _solu_vjp(g: Tensor, x: Tensor, out: Tensor) -> Tensor:
     return g * s + _softmax_vjp(g * x, s)
 
 
+LN_EPS = 1e-5  # torch's LayerNorm default
+
+
 def _solu_ln(x: Tensor) -> Tensor:
     # SoLU followed by a LayerNorm over features without learned gain or bias,
     # as the SoLU paper deploys it (the gain and bias would add parameters to the TMS).
     y = _solu(x)
-    return F.layer_norm(y, y.shape[-1:])
+    return F.layer_norm(y, y.shape[-1:], eps=LN_EPS)
+
+
+def _solu_ln_vjp(g: Tensor, x: Tensor, out: Tensor) -> Tensor:
+    # LayerNorm's backward (out = (u - mean) / sigma, u = solu(x)), then SoLU's
+    u = _solu(x)
+    sigma = (u.var(-1, unbiased=False, keepdim=True) + LN_EPS).sqrt()
+    mean = lambda t: t.mean(-1, keepdim=True)  # noqa: E731
+    return _solu_vjp((g - mean(g) - out * mean(g * out)) / sigma, x, u)
 
 
 def _elu_vjp(g: Tensor, x: Tensor, out: Tensor) -> Tensor:
@@ -164,7 +175,7 @@ _ACTIVATIONS: tuple[Activation, ...] = (
            "softmin over features", True, True, True, False, over=True),
     _entry("linear", lambda x: x, lambda g, x, y: g, "identity (control)", False, False, True,
            True, control=True),
-    _entry("solu_ln", _solu_ln, None, "LayerNorm(x * softmax(x)) over features (control)",
+    _entry("solu_ln", _solu_ln, _solu_ln_vjp, "LayerNorm(x * softmax(x)) over features (control)",
            True, True, True, False, over=True, control=True),
 )
 

@@ -27,7 +27,7 @@ Why the step is written the way it is:
   depend on the whole shape).
 - dL/dpre is hand-written for elementwise activations (`ELEMENTWISE_SLOPES`, checked against
   autograd in tests/test_sgld.py); the over-features activations (softmax, solu, ...) use
-  torch.func.vjp of the registry's own function.
+  the registry's own vjp (plain tensor ops, also checked against autograd).
 - Under torch.compile the whole step (forward, gradient, update, health mask, MALA terms)
   becomes one fused C++ loop nest per activation; without it the same code runs eagerly.
 - A chain whose minibatch loss is not finite or exceeds its `limit` is marked dead, reset to w*
@@ -147,7 +147,7 @@ def value_and_vjp(act: Activation) -> Callable[[Tensor], tuple[Tensor, Callable[
     more than one of the step's loops reads: materialized under torch.compile, it is computed
     once instead of in each loop (mish 1.9x, silu 1.5x faster; materializing f'(z) as well
     was slower). The over-features ones: the registry's own vjp (plain tensor ops), features
-    moved last. Otherwise (solu_ln, or a new activation without a slope): torch.func.vjp of
+    moved last. Otherwise (a new activation without a slope or vjp): torch.func.vjp of
     the registry's function. Neither has anything to reuse.
     """
     slope = ELEMENTWISE_SLOPES.get(act.name) if not act.over_features else None
