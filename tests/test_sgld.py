@@ -175,21 +175,28 @@ def test_a_diverging_chain_is_frozen_at_w_star_and_reported_nan():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["relu", "softmax"])
+@pytest.mark.parametrize("name", ALL)
 def test_compiled_step_equals_eager_step(name):
+    """Every activation's compiled kernel (its own slope or vjp, traced by torch.compile)
+    against the same step run eagerly. ~6 s per activation with a cold compile cache."""
     W, b, x, imp = _chain_layout_problem(I=3, P=20, n=8, B=50)
     I, m, n, P = W.shape
     hp = torch.tensor([1e-3, 100.0, 144.0, 2.0 / (50 * n), 1.0 / (50 * n)])
-    noise = torch.randn(I, m * n + n, P)
+    noise = torch.randn(I, m * n + n, P, generator=torch.Generator().manual_seed(1))
     out = {}
     for compiled in (False, True):
         st = sgld.ChainState.start(W, b, torch.full((I, P), 1e30))
         fn = sgld.step_function(name, True, compiled)
-        for _ in range(3):
-            loss, _ = st.advance(x, imp, noise, hp, fn)
-        out[compiled] = (st.W, loss)
-    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-5, atol=1e-7)
+        for _ in range(2):  # the second step also reads the first's MALA state
+            loss, mala = st.advance(x, imp, noise, hp, fn)
+        out[compiled] = (st.W, loss, mala)
+    # rounding differs (fused loops); a wrong slope or vjp would differ at O(1). SGLD at
+    # n_beta = 144 amplifies rounding, most where chains run away (exp, relu_squared), and
+    # MALA's acceptance is exp of a difference of two large potentials (solu_ln: 1e-4).
+    (W_c, loss_c, mala_c), (W_e, loss_e, mala_e) = out[True], out[False]
+    torch.testing.assert_close(W_c, W_e, rtol=1e-4, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(mala_c, mala_e, rtol=0, atol=1e-3, equal_nan=True)
 
 
 def test_noise_is_keyed_by_the_estimate():
