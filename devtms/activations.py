@@ -88,7 +88,11 @@ def _solu(x: Tensor) -> Tensor:
 
 
 def _solu_vjp(g: Tensor, x: Tensor, out: Tensor) -> Tensor:
-    s = _softmax(x)
+    return _solu_vjp_given(g, x, _softmax(x))
+
+
+def _solu_vjp_given(g: Tensor, x: Tensor, s: Tensor) -> Tensor:
+    """VJP of solu given s = softmax(x)."""
     return g * s + _softmax_vjp(g * x, s)
 
 
@@ -104,10 +108,10 @@ def _solu_ln(x: Tensor) -> Tensor:
 
 def _solu_ln_vjp(g: Tensor, x: Tensor, out: Tensor) -> Tensor:
     # LayerNorm's backward (out = (u - mean) / sigma, u = solu(x)), then SoLU's
-    u = _solu(x)
-    sigma = (u.var(-1, unbiased=False, keepdim=True) + LN_EPS).sqrt()
+    s = _softmax(x)
+    sigma = ((x * s).var(-1, unbiased=False, keepdim=True) + LN_EPS).sqrt()
     mean = lambda t: t.mean(-1, keepdim=True)  # noqa: E731
-    return _solu_vjp((g - mean(g) - out * mean(g * out)) / sigma, x, u)
+    return _solu_vjp_given((g - mean(g) - out * mean(g * out)) / sigma, x, s)
 
 
 def _elu_vjp(g: Tensor, x: Tensor, out: Tensor) -> Tensor:

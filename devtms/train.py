@@ -292,8 +292,8 @@ def train_run(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
     Verifies every checkpoint on disk first and resumes after the last good one. Instances
     train in shards of train.shard_size (one shard by default); a Dask executor runs the shards
     of each checkpoint interval in parallel, in-process (None or a LocalExecutor) training
-    steps them in lockstep. Both
-    compute exactly the same numbers; only this process writes the run directory.
+    steps them in lockstep. Both compute exactly the same numbers; only this process writes
+    the run directory.
     -> the number of steps trained (0: the run was already complete and intact).
     """
     config, instances = run.config, run.instances
