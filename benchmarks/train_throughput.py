@@ -10,12 +10,17 @@ The two are timed in turns, `--repeats` times from the same starting weights, an
 of each is reported: on a shared machine other processes slow whichever runs with them
 (single timings of either varied by 1.5x here).
 
+The batched trainer runs as `devtms train` would run the preset: compiled when train.compile
+decides so (activations27: yes). The compile happens in an untimed warm-up and is printed
+on its own; `--compile off` times the eager trainer instead.
+
     python benchmarks/train_throughput.py [--preset activations27] [--steps 300] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -67,16 +72,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds; the best counts")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default=None,
+                        help="override the preset's train.compile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     config = load_config(args.preset)
+    if args.compile is not None:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                       compile=args.compile))
     instances = instance_table(config)
     trainer = BatchTrainer(config, instances)
     W0, b0 = trainer.W.detach().clone(), trainer.b.detach().clone()
     n_inst = len(instances)
 
-    batched(trainer, 10)  # warm-up (allocator, kernels), then restart from the same weights
+    # warm-up (torch.compile, allocator), then restart from the same weights
+    warmup = batched(trainer, 10)
+    mode = (f"compiled (first steps incl. torch.compile: {warmup:.1f} s)"
+            if trainer.loss_and_grad is not None else "eager")
     t_batched = t_loop = float("inf")
     for _ in range(args.repeats):
         trainer = BatchTrainer(config, instances)
@@ -91,6 +104,7 @@ def main() -> None:
     print(f"preset {args.preset}: {n_inst} instances x {args.steps} steps, batch "
           f"{config.train.batch_size}, {config.train.optimizer}, torch threads {args.threads}, "
           f"best of {args.repeats} rounds")
+    print(f"batched trainer: {mode}")
     print(f"batched : {rate_b:12,.0f} instance-steps/s  ({t_batched:.2f} s)")
     print(f"loop    : {rate_l:12,.0f} instance-steps/s  ({t_loop:.2f} s)")
     print(f"ratio   : {rate_b / rate_l:12.1f} x   (target >= 30x)")

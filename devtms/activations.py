@@ -16,6 +16,7 @@ Properties, as used in the comparison tables:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,6 +54,15 @@ class Activation:
         with torch.enable_grad():
             leaf = pre.detach().requires_grad_(True)
             return torch.autograd.grad(self.fn(leaf), leaf, grad_out)[0]
+
+    def traceable_vjp(self, grad_out: Tensor, pre: Tensor, out: Tensor) -> Tensor:
+        """The same product in plain tensor ops, for torch.compile: grad_out * f'(pre) from
+        `ELEMENTWISE_SLOPES` for an elementwise activation, else `vjp` (whose over-features
+        vjps are plain ops already)."""
+        slope = ELEMENTWISE_SLOPES.get(self.name)
+        if slope is not None and not self.over_features:
+            return grad_out * slope(pre, out)
+        return self.vjp(grad_out, pre, out)
 
 
 _aten = torch.ops.aten
@@ -183,6 +193,72 @@ _ACTIVATIONS: tuple[Activation, ...] = (
            True, True, True, False, over=True, control=True),
 )
 
+# ---------------------------------------------------------------------------------------------
+# d activation / d preactivation for the elementwise activations, at the conventions of torch's
+# autograd (the subgradient chosen at kinks), as functions of (z, f(z)): plain tensor ops that
+# torch.compile traces (the registry's vjps call aten's backward kernels, which are the fastest
+# eagerly but do not all trace: hardshrink_backward does not).
+
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _one(z: Tensor) -> Tensor:
+    return torch.ones_like(z)
+
+
+def _mish_slope(z: Tensor, out: Tensor) -> Tensor:
+    # t = tanh(softplus(z)) and sigmoid(z) from one exp: with e = e^z, t = u / (u + 2) where
+    # u = e (e + 2), and 1 - t^2 = (1 - t)(1 + t) = 2 (1 + t) / (u + 2) without cancellation.
+    # (Two fewer transcendentals than tanh(softplus(z)) and sigmoid(z); the forward's exp,
+    # log1p and tanh still make mish the slowest elementwise activation.)
+    e = torch.exp(torch.clamp(z, max=20.0))
+    u = e * (e + 2.0)
+    t = u / (u + 2.0)
+    slope = t + z * (e / (1.0 + e)) * (2.0 * (1.0 + t) / (u + 2.0))
+    return torch.where(z > 20.0, 1.0, slope)  # torch's softplus is z itself above 20
+
+
+def _silu_slope(z: Tensor, out: Tensor) -> Tensor:
+    s = torch.sigmoid(z)
+    return s * (1.0 + z * (1.0 - s))
+
+
+def _gelu_slope(z: Tensor, out: Tensor) -> Tensor:
+    cdf = 0.5 * (1.0 + torch.erf(z * _INV_SQRT_2))
+    return cdf + z * torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
+
+
+ELEMENTWISE_SLOPES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "relu": lambda z, out: (z > 0).to(z.dtype),
+    "leaky_relu": lambda z, out: torch.where(z > 0, 1.0, torch.full_like(z, 0.01)),
+    "selu": lambda z, out: torch.where(z > 0, _SELU_SCALE, _SELU_SCALE * _SELU_ALPHA * torch.exp(z)),
+    "celu": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
+    "gelu": _gelu_slope,
+    "sigmoid": lambda z, out: out * (1.0 - out),
+    "hardsigmoid": lambda z, out: ((z > -3.0) & (z < 3.0)).to(z.dtype) / 6.0,
+    "silu": _silu_slope,
+    "hardswish": lambda z, out: torch.where(
+        z <= -3.0, 0.0, torch.where(z < 3.0, z / 3.0 + 0.5, 1.0)).to(z.dtype),
+    "mish": _mish_slope,
+    # sigmoid(z) = 1 - e^-softplus(z): one expm1 of the output instead of an exp of z and a division
+    "softplus": lambda z, out: torch.where(z > 20.0, 1.0, -torch.expm1(-out)),
+    "tanh": lambda z, out: 1.0 - out * out,
+    "hardtanh": lambda z, out: ((z > -1.0) & (z < 1.0)).to(z.dtype),
+    "elu": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
+    "hardshrink": lambda z, out: ((z < -0.5) | (z > 0.5)).to(z.dtype),
+    "logsigmoid": lambda z, out: -torch.expm1(out),  # sigmoid(-z) = 1 - e^logsigmoid(z)
+    "exp": lambda z, out: out,
+    "exp_linear": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
+    "tanhshrink": lambda z, out: (z - out).square(),  # tanh(z)^2, without a second tanh
+    "relu6": lambda z, out: ((z > 0.0) & (z < 6.0)).to(z.dtype),
+    "relu_squared": lambda z, out: 2.0 * F.relu(z),
+    "softshrink": lambda z, out: ((z < -0.5) | (z > 0.5)).to(z.dtype),
+    "softsign": lambda z, out: (1.0 + z.abs()).reciprocal().square(),
+    "linear": lambda z, out: _one(z),
+}
+
+
 REGISTRY: dict[str, Activation] = {a.name: a for a in _ACTIVATIONS}
 VARIANTS: tuple[str, ...] = tuple(a.name for a in _ACTIVATIONS if not a.control)  # the 27
 CONTROLS: tuple[str, ...] = tuple(a.name for a in _ACTIVATIONS if a.control)
@@ -245,10 +321,14 @@ def apply_grouped(pre: Tensor, groups: list[tuple[Activation, int, int]]) -> Ten
 
 
 def vjp_grouped(grad_out: Tensor, pre: Tensor, out: Tensor,
-                groups: list[tuple[Activation, int, int]]) -> Tensor:
-    """Each group's vjp on its slice of the leading (instance) axis. All (instances, ..., n)."""
+                groups: list[tuple[Activation, int, int]], traceable: bool = False) -> Tensor:
+    """Each group's vjp on its slice of the leading (instance) axis. All (instances, ..., n).
+
+    traceable: through `Activation.traceable_vjp`, for code that torch.compile traces.
+    """
+    vjp = Activation.traceable_vjp if traceable else Activation.vjp
     if len(groups) == 1:
-        return groups[0][0].vjp(grad_out, pre, out)
+        return vjp(groups[0][0], grad_out, pre, out)
     sizes = [stop - start for _, start, stop in groups]
     parts = zip(groups, grad_out.split(sizes), pre.split(sizes), out.split(sizes), strict=True)
-    return torch.cat([act.vjp(g, x, y) for (act, _, _), g, x, y in parts], dim=0)
+    return torch.cat([vjp(act, g, x, y) for (act, _, _), g, x, y in parts], dim=0)

@@ -101,6 +101,8 @@ class TrainConfig:
     log_every: int = 0  # log the loss every this many steps (0: about 200 points) and at checkpoints
     shard_size: int = 0  # train instances in shards of this many (0: one shard); executors
     # (--scheduler dask) run shards in parallel; the shards, not the executor, fix the numbers
+    compile: Literal["auto", "on", "off"] = "auto"  # fuse the activations' elementwise work
+    # with torch.compile; auto: for runs of >= 10,000 steps and >= 4 activations (train.use_compile)
 
     def check(self) -> None:
         _require(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")

@@ -76,7 +76,31 @@ def fixed_sets(kind: str, keys: DataKeys, samples: int, n: int, purpose: str) ->
     ])  # the stream ignores p: sparsities of one seed share draws (nested masks)
 
 
-class FiniteBatches:
+class _BlockedBatches:
+    """A stream that makes the batches of K consecutive steps at a time, per data key, and hands
+    them out one step at a time (one draw or gather per block instead of one per step).
+    K = `block_steps`, which depends only on (batch_size, n)."""
+
+    def __init__(self, keys: DataKeys, batch_size: int, n: int):
+        self.keys, self.batch_size, self.n = keys, batch_size, n
+        self.block_steps = max(1, min(64, _BLOCK_FLOATS // (batch_size * n)))
+        self._block_id = -1
+        self._block: Tensor | None = None  # (keys, K, B, n)
+
+    def batch(self, step: int) -> Tensor:
+        """(instances, B, n)"""
+        block_id, offset = divmod(step, self.block_steps)
+        if block_id != self._block_id:
+            self._block = self._make_block(block_id)
+            self._block_id = block_id
+        return self.keys.expand(self._block[:, offset])
+
+    def _make_block(self, block_id: int) -> Tensor:
+        """The batches of steps [block_id K, (block_id + 1) K). -> (keys, K, B, n)"""
+        raise NotImplementedError
+
+
+class FiniteBatches(_BlockedBatches):
     """Minibatches drawn from a fixed training set, stateless in the step.
 
     The sample order of a seed is the concatenation of independent permutations of the N
@@ -85,8 +109,8 @@ class FiniteBatches:
     """
 
     def __init__(self, train_sets: Tensor, keys: DataKeys, batch_size: int):
+        super().__init__(keys, batch_size, train_sets.shape[2])
         self.train_sets = train_sets  # (keys, N, n)
-        self.keys, self.batch_size = keys, batch_size
         self.key_seeds = [seed for seed, _ in keys.keys]
         self._perms: dict[int, Tensor] = {}  # epoch -> (keys, N)
 
@@ -114,42 +138,37 @@ class FiniteBatches:
 
     def batches(self, step: int, count: int) -> Tensor:
         """The batches of steps [step, step + count) at once. -> (count, instances, B, n)"""
+        return self.keys.expand(self._per_key(step, count)).transpose(0, 1)
+
+    def _make_block(self, block_id: int) -> Tensor:
+        return self._per_key(block_id * self.block_steps, self.block_steps)
+
+    def _per_key(self, step: int, count: int) -> Tensor:
+        """-> (keys, count, B, n)"""
         idx = self.indices(step, count)  # (keys, count * B)
         per_key = torch.stack([self.train_sets[k, idx[k]] for k in range(len(self.key_seeds))])
-        per_key = per_key.unflatten(1, (count, self.batch_size))  # (keys, count, B, n)
-        return self.keys.expand(per_key).transpose(0, 1)
-
-    def batch(self, step: int) -> Tensor:
-        """(instances, B, n)"""
-        return self.batches(step, 1)[0]
+        return per_key.unflatten(1, (count, self.batch_size))
 
 
-class FreshBatches:
+class FreshBatches(_BlockedBatches):
     """Fresh samples every step, stateless in the step.
 
     Per data key, the batches of steps [kK, (k+1)K) are drawn together from a generator
-    seeded by (seed, block k). K depends only on (batch_size, n).
+    seeded by (seed, block k).
     """
 
     def __init__(self, kind: str, keys: DataKeys, batch_size: int, n: int):
-        self.kind, self.keys, self.batch_size, self.n = kind, keys, batch_size, n
-        self.block_steps = max(1, min(64, _BLOCK_FLOATS // (batch_size * n)))
-        self._block_id = -1
-        self._block: Tensor | None = None  # (keys, K, B, n)
+        super().__init__(keys, batch_size, n)
+        self.kind = kind
 
-    def batch(self, step: int) -> Tensor:
-        """(instances, B, n)"""
-        block_id, offset = divmod(step, self.block_steps)
-        if block_id != self._block_id:
-            k, b = self.block_steps, self.batch_size
-            self._block = torch.stack([
-                sample_features(
-                    self.kind, k * b, self.n, p, generator(seed, "fresh", self.kind, b, block_id)
-                ).view(k, b, self.n)
-                for seed, p in self.keys.keys
-            ])
-            self._block_id = block_id
-        return self.keys.expand(self._block[:, offset])
+    def _make_block(self, block_id: int) -> Tensor:
+        k, b = self.block_steps, self.batch_size
+        return torch.stack([
+            sample_features(
+                self.kind, k * b, self.n, p, generator(seed, "fresh", self.kind, b, block_id)
+            ).view(k, b, self.n)
+            for seed, p in self.keys.keys
+        ])
 
 
 def importance_weights(ratios: Sequence[float], n: int) -> Tensor:

@@ -65,6 +65,7 @@ from devtms import model as tms
 from devtms import sgld
 from devtms.activations import contiguous_groups
 from devtms.allocator import keep_freed_memory
+from devtms.compiling import compile_available
 from devtms.config import LLCConfig, RunConfig
 from devtms.data import DataKeys, FiniteBatches, importance_weights
 from devtms.errors import UserError
@@ -555,7 +556,7 @@ def use_compile(config: RunConfig, params: LLCParams, engine: str, setting: str 
     if engine != "batched" or setting == "off":
         return False
     if setting == "on":
-        return sgld.compile_available()
+        return compile_available()
     from devtms.schedule import checkpoint_steps
 
     c = config
@@ -564,7 +565,7 @@ def use_compile(config: RunConfig, params: LLCParams, engine: str, setting: str 
     per_activation = (len(c.data.sparsity) * len(c.data.importance_ratio) * len(c.train.seeds)
                       * steps * params.chains * (params.burnin + params.draws)
                       * params.batch_size * c.model.n_features)
-    return per_activation >= COMPILE_MIN_WORK and sgld.compile_available()
+    return per_activation >= COMPILE_MIN_WORK and compile_available()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,11 +23,13 @@ features), then averaged over the batch. Instances never interact: the gradient 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from devtms.activations import Activation, apply_grouped, get_activation, vjp_grouped
+from devtms.compiling import LOCK, with_own_code
 from devtms.rng import generator
 
 Tensor = torch.Tensor
@@ -58,7 +60,7 @@ def loss(W: Tensor, b: Tensor, x: Tensor, importance: Tensor, groups: Groups,
 
 
 def loss_and_grad(W: Tensor, b: Tensor, x: Tensor, importance: Tensor, groups: Groups,
-                  reduction: str) -> tuple[Tensor, Tensor, Tensor]:
+                  reduction: str, traceable: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Per-instance loss and its exact gradients, without an autograd graph.
 
     The same numbers as `loss(...)` and autograd's gradients of `loss(...).sum()`, in fewer
@@ -67,29 +69,65 @@ def loss_and_grad(W: Tensor, b: Tensor, x: Tensor, importance: Tensor, groups: G
     (n <= 4 m) the Gram matrix G = W^T W turns the two products into one batched matmul
     (3 matmuls in all); for wide ones (n = 200, m = 20) the factored route through h = W x
     costs O(B m n) instead of O(B n^2) (5 matmuls).
+    traceable: in ops torch.compile fuses (`compiled_loss_and_grad`), see `_bmm`.
     -> loss: (I,), dW: (I, m, n), db: (I, n)
     """
     B, m, n = x.shape[1], W.shape[1], x.shape[2]
     gram = n <= 4 * m
+    Wt = W.transpose(1, 2)  # (I, n, m)
     if gram:
-        G = torch.bmm(W.transpose(1, 2), W)  # (I, n, n)
-        pre = torch.baddbmm(b[:, None, :], x, G)  # (I, B, n)
+        G = _bmm(Wt, W, traceable)  # (I, n, n)
+        pre = _bmm(x, G, traceable) + b[:, None, :]  # (I, B, n)
     else:
-        h = torch.bmm(x, W.transpose(1, 2))  # (I, B, m)
-        pre = torch.baddbmm(b[:, None, :], h, W)  # (I, B, n)
+        h = _bmm(x, Wt, traceable)  # (I, B, m)
+        pre = _bmm(h, W, traceable) + b[:, None, :]  # (I, B, n)
     out = apply_grouped(pre, groups)
     weight = importance[:, None, :] / (B * n if reduction == "mean" else B)  # (I, 1, n)
     residual = out - x  # (I, B, n)
     weighted = residual * weight
     loss_i = (weighted * residual).sum((1, 2))  # (I,)
-    grad_pre = vjp_grouped(2.0 * weighted, pre, out, groups)  # dL_i/dpre: (I, B, n)
+    grad_pre = vjp_grouped(2.0 * weighted, pre, out, groups, traceable)  # dL_i/dpre: (I, B, n)
     if gram:
-        dG = torch.bmm(x.transpose(1, 2), grad_pre)  # (I, n, n)
-        dW = torch.bmm(W, dG + dG.transpose(1, 2))  # d(W^T W)/dW: (I, m, n)
+        dG = _bmm(x.transpose(1, 2), grad_pre, traceable)  # (I, n, n)
+        dW = _bmm(W, dG + dG.transpose(1, 2), traceable)  # d(W^T W)/dW: (I, m, n)
     else:
-        q = torch.bmm(grad_pre, W.transpose(1, 2))  # W g: (I, B, m)
-        dW = torch.bmm(h.transpose(1, 2), grad_pre) + torch.bmm(q.transpose(1, 2), x)
+        q = _bmm(grad_pre, Wt, traceable)  # W g: (I, B, m)
+        dW = (_bmm(h.transpose(1, 2), grad_pre, traceable)
+              + _bmm(q.transpose(1, 2), x, traceable))
     return loss_i, dW, grad_pre.sum(1)
+
+
+def _bmm(a: Tensor, b: Tensor, traceable: bool) -> Tensor:
+    """(I, p, q) @ (I, q, r) -> (I, p, r).
+
+    Traceable: as a broadcast product summed over q, which inductor turns into loops fused
+    with their neighbours. A TMS's q and r are tiny, so aten's bmm is mostly call overhead
+    (90 us for activations27's (145, 100, 8) @ (145, 8, 8)); compiled, the whole loss and
+    gradient of such a batch take about as long as one bmm did.
+    """
+    if not traceable:
+        return torch.bmm(a, b)
+    return (a[:, :, :, None] * b[:, None, :, :]).sum(2)
+
+
+LossAndGrad = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+_COMPILED: dict[tuple, LossAndGrad] = {}
+
+
+def compiled_loss_and_grad(groups: Groups, reduction: str) -> LossAndGrad:
+    """`loss_and_grad` for these activation groups through torch.compile: (W, b, x, importance)
+    -> (loss, dW, db). Static shapes: one compile per set of groups and shapes (about 1 s per
+    activation; cached on disk by torch across processes). Inductor fuses the elementwise ops
+    of all groups and the small contractions into a few C++ loops."""
+    key = (tuple((act.name, start, stop) for act, start, stop in groups), reduction)
+    with LOCK:
+        if key not in _COMPILED:
+            def step(W: Tensor, b: Tensor, x: Tensor, importance: Tensor):
+                return loss_and_grad(W, b, x, importance, groups, reduction, traceable=True)
+
+            _COMPILED[key] = torch.compile(with_own_code(step, f"loss_and_grad_{len(_COMPILED)}"),
+                                           dynamic=False)
+        return _COMPILED[key]
 
 
 class TMS(nn.Module):

@@ -25,9 +25,10 @@ Why the step is written the way it is:
   every chain's arithmetic is the same whichever other chains share the tensor: an estimate's
   numbers do not depend on its chunk (a batched matmul's would: its blocking and threading
   depend on the whole shape).
-- dL/dpre is hand-written for elementwise activations (`ELEMENTWISE_SLOPES`, checked against
-  autograd in tests/test_sgld.py); the over-features activations (softmax, solu, ...) use
-  the registry's own vjp (plain tensor ops, also checked against autograd).
+- dL/dpre is hand-written for elementwise activations (`activations.ELEMENTWISE_SLOPES`,
+  checked against autograd in tests/test_activations.py); the over-features activations
+  (softmax, solu, ...) use the registry's own vjp (plain tensor ops, also checked against
+  autograd).
 - Under torch.compile the whole step (forward, gradient, update, health mask, MALA terms)
   becomes one fused C++ loop nest per activation; without it the same code runs eagerly.
 - A chain whose minibatch loss is not finite or exceeds its `limit` is marked dead, reset to w*
@@ -40,16 +41,13 @@ gradient dws = n_beta grad L + gamma (w - w*) at both ends, as devinterp's callb
 
 from __future__ import annotations
 
-import math
-import threading
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from devtms.activations import Activation, get_activation
+from devtms.activations import ELEMENTWISE_SLOPES, Activation, get_activation
+from devtms.compiling import LOCK, with_own_code
 
 Tensor = torch.Tensor
 
@@ -66,72 +64,6 @@ def sgld_update(w: Tensor, grad: Tensor, w_star: Tensor, noise: Tensor, eps: Ten
     """
     dws = n_beta * grad + gamma * (w - w_star)
     return w - (0.5 * eps) * dws + (eps ** 0.5) * noise, dws
-
-
-# ---------------------------------------------------------------------------------------------
-# d activation / d preactivation for the elementwise activations, at the conventions of torch's
-# autograd (the subgradient chosen at kinks), as functions of (z, f(z)).
-
-_SELU_ALPHA = 1.6732632423543772848170429916717
-_SELU_SCALE = 1.0507009873554804934193349852946
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def _one(z: Tensor) -> Tensor:
-    return torch.ones_like(z)
-
-
-def _mish_slope(z: Tensor, out: Tensor) -> Tensor:
-    # t = tanh(softplus(z)) and sigmoid(z) from one exp: with e = e^z, t = u / (u + 2) where
-    # u = e (e + 2), and 1 - t^2 = (1 - t)(1 + t) = 2 (1 + t) / (u + 2) without cancellation.
-    # (Two fewer transcendentals than tanh(softplus(z)) and sigmoid(z); the forward's exp,
-    # log1p and tanh still make mish the slowest elementwise activation.)
-    e = torch.exp(torch.clamp(z, max=20.0))
-    u = e * (e + 2.0)
-    t = u / (u + 2.0)
-    slope = t + z * (e / (1.0 + e)) * (2.0 * (1.0 + t) / (u + 2.0))
-    return torch.where(z > 20.0, 1.0, slope)  # torch's softplus is z itself above 20
-
-
-def _silu_slope(z: Tensor, out: Tensor) -> Tensor:
-    s = torch.sigmoid(z)
-    return s * (1.0 + z * (1.0 - s))
-
-
-def _gelu_slope(z: Tensor, out: Tensor) -> Tensor:
-    cdf = 0.5 * (1.0 + torch.erf(z * _INV_SQRT_2))
-    return cdf + z * torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
-
-
-ELEMENTWISE_SLOPES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "relu": lambda z, out: (z > 0).to(z.dtype),
-    "leaky_relu": lambda z, out: torch.where(z > 0, 1.0, 0.01).to(z.dtype),
-    "selu": lambda z, out: torch.where(z > 0, _SELU_SCALE, _SELU_SCALE * _SELU_ALPHA * torch.exp(z)),
-    "celu": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
-    "gelu": _gelu_slope,
-    "sigmoid": lambda z, out: out * (1.0 - out),
-    "hardsigmoid": lambda z, out: ((z > -3.0) & (z < 3.0)).to(z.dtype) / 6.0,
-    "silu": _silu_slope,
-    "hardswish": lambda z, out: torch.where(
-        z <= -3.0, 0.0, torch.where(z < 3.0, z / 3.0 + 0.5, 1.0)).to(z.dtype),
-    "mish": _mish_slope,
-    # sigmoid(z) = 1 - e^-softplus(z): one expm1 of the output instead of an exp of z and a division
-    "softplus": lambda z, out: torch.where(z > 20.0, 1.0, -torch.expm1(-out)),
-    "tanh": lambda z, out: 1.0 - out * out,
-    "hardtanh": lambda z, out: ((z > -1.0) & (z < 1.0)).to(z.dtype),
-    "elu": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
-    "hardshrink": lambda z, out: ((z < -0.5) | (z > 0.5)).to(z.dtype),
-    "logsigmoid": lambda z, out: -torch.expm1(out),  # sigmoid(-z) = 1 - e^logsigmoid(z)
-    "exp": lambda z, out: out,
-    "exp_linear": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
-    "tanhshrink": lambda z, out: (z - out).square(),  # tanh(z)^2, without a second tanh
-    "relu6": lambda z, out: ((z > 0.0) & (z < 6.0)).to(z.dtype),
-    "relu_squared": lambda z, out: 2.0 * F.relu(z),
-    "softshrink": lambda z, out: ((z < -0.5) | (z > 0.5)).to(z.dtype),
-    "softsign": lambda z, out: (1.0 + z.abs()).reciprocal().square(),
-    "linear": lambda z, out: _one(z),
-}
 
 
 def _features_last(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
@@ -316,7 +248,6 @@ def tms_sgld_step(act: Activation, bias: bool, W: Tensor, b: Tensor, W0: Tensor,
 
 STEP_OUTPUTS = 9  # what `tms_sgld_step` returns without `materialize`
 _COMPILED: dict[tuple[str, bool, bool], Callable[..., tuple[Tensor, ...]]] = {}
-_LOCK = threading.Lock()
 
 
 def step_function(activation: str, bias: bool, compiled: bool) -> Callable[..., tuple[Tensor, ...]]:
@@ -326,17 +257,15 @@ def step_function(activation: str, bias: bool, compiled: bool) -> Callable[..., 
     m, reused for every chunk; cached on disk by torch across processes).
     """
     key = (activation, bias, compiled)
-    with _LOCK:
+    with LOCK:
         if key not in _COMPILED:
             act = get_activation(activation)
 
             def step(*args: Tensor) -> tuple[Tensor, ...]:
                 return tms_sgld_step(act, bias, *args, materialize=compiled)
 
-            if compiled:  # torch.compile caches per code object: give each activation its own
-                code = step.__code__.replace(co_name=f"sgld_step_{activation}_{int(bias)}")
-                step = types.FunctionType(code, step.__globals__, code.co_name, None,
-                                          step.__closure__)
+            if compiled:
+                step = with_own_code(step, f"sgld_step_{activation}_{int(bias)}")
             _COMPILED[key] = _compiled(step) if compiled else step
         return _COMPILED[key]
 
@@ -370,10 +299,3 @@ def _compiled(fn: Callable[..., tuple[Tensor, ...]]) -> Callable[..., tuple[Tens
             fx_config.use_duck_shape = duck
 
     return run
-
-
-def compile_available() -> bool:
-    """Whether torch.compile can build CPU kernels here (it needs a C++ compiler)."""
-    import shutil
-
-    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))

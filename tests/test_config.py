@@ -85,6 +85,8 @@ BAD = [
     (_with("train", "seeds", []), "train.seeds"),
     (_with("train", "seeds", [1, 1]), "train.seeds"),
     (_with("train", "batch_size", 0), "train.batch_size = 0"),
+    (_with("train", "compile", True), "train.compile"),
+    (_with("train", "compile", "yes"), "train.compile = 'yes'"),
     (_with("train", "init", "kgon") | {"model": {"n_features": 5, "n_hidden": 3}},
      "train.init = 'kgon'"),
     (_with("checkpoints", "log_points", -1), "checkpoints.log_points = -1"),

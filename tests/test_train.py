@@ -1,6 +1,7 @@
 """The trainer: it learns, writes the run-directory contract, resumes exactly, and its
 instances are independent (a shard trains exactly as it would in the whole batch)."""
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -180,3 +181,42 @@ def test_shards_give_the_same_numbers_in_process_and_through_an_executor(tmp_pat
         ta, tb = a.load_checkpoint(step), b.load_checkpoint(step)
         assert all(torch.equal(ta[k], tb[k]) for k in ta), step
     assert (a.path / "train_log.csv").read_bytes() == (b.path / "train_log.csv").read_bytes()
+
+
+def test_training_compiles_only_when_it_repays_the_compile():
+    from devtms.compiling import compile_available
+    from devtms.train import use_compile
+
+    assert use_compile(load_config("activations27")) == compile_available()  # 29 x 20,000 steps
+    assert not use_compile(load_config("quick"))  # 3,000 steps: the compile would not pay
+    assert not use_compile(load_config("chen2023"))  # one activation
+    full = load_config("activations27")
+    off = dataclasses.replace(full, train=dataclasses.replace(full.train, compile="off"))
+    assert not use_compile(off)
+    assert use_compile(_tiny_config(compile="on")) == compile_available()
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_resumes_exactly():
+    """torch.compile's kernel (train.compile = "on") trains as the eager ops do (to rounding),
+    resumes bit-identically, and a shard trains as in the whole batch. ~15 s cold."""
+    config = _tiny_config(steps=40, compile="on")
+    instances = instance_table(config)
+    compiled, eager = BatchTrainer(config, instances), BatchTrainer(_tiny_config(steps=40),
+                                                                    instances)
+    assert compiled.loss_and_grad is not None and eager.loss_and_grad is None
+    half = BatchTrainer(config, instances)
+    shard = BatchTrainer(config, instances.iloc[3:6])
+    for step in range(40):
+        compiled.train_step()
+        eager.train_step()
+        shard.train_step()
+        if step < 20:
+            half.train_step()
+    torch.testing.assert_close(compiled.W, eager.W, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(shard.W, compiled.W[3:6], rtol=1e-5, atol=1e-6)
+    resumed = BatchTrainer(config, instances)
+    resumed.load_state(half.state_tensors(), 20)
+    for _ in range(20):
+        resumed.train_step()
+    assert torch.equal(resumed.W, compiled.W) and torch.equal(resumed.b, compiled.b)
