@@ -89,7 +89,7 @@ def main() -> None:
     # warm-up (torch.compile, allocator), then restart from the same weights
     warmup = batched(trainer, 10)
     mode = (f"compiled (first steps incl. torch.compile: {warmup:.1f} s)"
-            if trainer.loss_and_grad is not None else "eager")
+            if trainer.compiled else "eager")
     t_batched = t_loop = float("inf")
     for _ in range(args.repeats):
         trainer = BatchTrainer(config, instances)

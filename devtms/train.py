@@ -15,6 +15,7 @@ checkpoint, so a resumed run reaches bit-identical weights on the same machine.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -127,8 +128,12 @@ class BatchTrainer:
         self.b = b.to(self.device).requires_grad_(m.bias)
         self.params = [self.W, self.b] if m.bias else [self.W]
         self.optimizer = self._make_optimizer()
+        # (W, b, x, importance) -> (loss, dW, db): torch.compile's fused kernel or the eager ops
+        self.compiled = use_compile(config)
         self.loss_and_grad = (tms.compiled_loss_and_grad(self.groups, m.reduction)
-                              if use_compile(config) else None)
+                              if self.compiled else
+                              functools.partial(tms.loss_and_grad, groups=self.groups,
+                                                reduction=m.reduction))
         self.step = 0
         self.schedule = checkpoint_steps(t.steps, config.checkpoints.log_points,
                                          config.checkpoints.linear_every)
@@ -180,12 +185,7 @@ class BatchTrainer:
         x = self.batches.batch(self.step).to(self.device)
         # Exact gradients of each instance's own loss (instances never interact), formed
         # without an autograd graph; the optimizer then steps all instances at once.
-        W, b = self.W.detach(), self.b.detach()
-        if self.loss_and_grad is not None:
-            _, dW, db = self.loss_and_grad(W, b, x, self.importance)
-        else:
-            _, dW, db = tms.loss_and_grad(W, b, x, self.importance, self.groups,
-                                          self.config.model.reduction)
+        _, dW, db = self.loss_and_grad(self.W.detach(), self.b.detach(), x, self.importance)
         self.W.grad = dW
         self.b.grad = db if self.config.model.bias else None
         self.optimizer.step()
