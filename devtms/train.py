@@ -351,7 +351,8 @@ def train_run(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
 
     run.set_stage("train", done=False)
     # compiled: the first step waits for torch.compile (~30 s cold, seconds once cached)
-    label = "train (compiled)" if use_compile(config) else "train"
+    compiled = use_compile(config)
+    label = "train (compiled)" if compiled else "train"
     bar = progress_bar(config.train.steps, label, unit="step", initial=max(step, 0))
     with bar:
         if executor is None or isinstance(executor, LocalExecutor):
@@ -375,7 +376,7 @@ def train_run(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
     final = run.load_checkpoint(config.train.steps)
     diverged = non_finite_instances(final["W"], final["b"], instances["instance"].to_numpy())
     run.set_stage("train", done=True, last_step=config.train.steps, diverged=diverged,
-                  compiled=use_compile(config))
+                  compiled=compiled)
     return config.train.steps - resumed_from
 
 

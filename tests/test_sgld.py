@@ -10,10 +10,7 @@ import torch
 
 from devtms import model as tms
 from devtms import sgld
-from devtms.activations import ALL, REGISTRY, contiguous_groups
-
-ELEMENTWISE = [a for a in ALL if not REGISTRY[a].over_features]
-OVER_FEATURES = [a for a in ALL if REGISTRY[a].over_features]
+from devtms.activations import ALL, contiguous_groups
 
 
 def _chain_layout_problem(I=2, m=2, n=5, P=3, B=7, seed=0):
