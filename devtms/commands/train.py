@@ -38,8 +38,8 @@ instances in one batch, may differ from it in the last float32 digits).
 
 Long runs of many activations (train.compile = "auto": >= 10,000 steps and >= 4 activations)
 fuse each step's elementwise work with torch.compile: about 30 s of compiling on the first
-run (a few seconds once torch's cache holds it), then steps 3-4x faster. train.compile = "on"
-or "off" decides it yourself; run.json records which was used.
+run (a few seconds once torch's cache holds it), then steps 3-4x faster. Set train.compile
+to "on" or "off" to decide yourself; run.json records which was used.
 """
 
 
