@@ -181,11 +181,10 @@ def llc(run: RunDir, log: Clock, extra: Sequence[str] = ()) -> pd.DataFrame:
 def default_llc_rows(run: RunDir) -> pd.DataFrame:
     """The llc.csv rows of the run's own [llc] settings and the batched engine (llc.csv may also
     hold estimates at other hyperparameters, e.g. from calibration)."""
-    from devtms.llc import LLCParams, done_mask, llc_dataset_size, read_llc_table
+    from devtms.llc import LLCParams, done_mask, read_llc_table
 
     table = read_llc_table(run)
-    params = LLCParams.resolve(run.config.llc, llc_dataset_size(run.config))
-    rows = table[done_mask(table, params, "batched")]
+    rows = table[done_mask(table, LLCParams.of_run(run.config), "batched")]
     return rows.sort_values(["instance", "step"]).reset_index(drop=True)
 
 

@@ -31,7 +31,8 @@ import pandas as pd
 from devtms import geometry as geo
 from devtms import transitions as tr
 from devtms.errors import RunDirError
-from devtms.store import GEOMETRY_CSV, LLC_CSV, SUMMARY_CSV, TRAIN_LOG, TRANSITIONS_CSV, RunDir
+from devtms.llc.table import read_llc_table
+from devtms.store import GEOMETRY_CSV, SUMMARY_CSV, TRAIN_LOG, TRANSITIONS_CSV, RunDir
 
 VERSION = 1  # bump when a change to the analysis makes old geometry rows stale
 STAGE = "devtms analyze"
@@ -115,16 +116,12 @@ def checkpoint_losses(train_log: pd.DataFrame, steps: list[int]) -> pd.DataFrame
     return log[["instance", "step", "loss"]].sort_values(["instance", "step"]).reset_index(drop=True)
 
 
-def usable_llc(llc: pd.DataFrame | None) -> pd.DataFrame | None:
-    """llc.csv rows fit to judge jumps: healthy ones, with llc_sem (else std / sqrt(chains))."""
-    if llc is None or llc.empty or "llc_mean" not in llc:
+def usable_llc(llc: pd.DataFrame) -> pd.DataFrame | None:
+    """Rows of llc.csv (as devtms.llc.table reads it) fit to judge jumps: healthy ones, with
+    llc_sem (else std / sqrt(chains)); None when there are none."""
+    if llc.empty or "llc_mean" not in llc:
         return None
-    llc = llc.copy()
-    if "healthy" in llc:
-        healthy = llc["healthy"]
-        if healthy.dtype != bool:
-            healthy = healthy.astype(str).str.lower().isin(["true", "1", "yes"])
-        llc = llc[healthy]
+    llc = llc[llc["healthy"]].copy()
     if "llc_sem" not in llc and {"llc_std", "num_chains"} <= set(llc):
         llc["llc_sem"] = llc["llc_std"] / np.sqrt(llc["num_chains"].clip(lower=1))
     llc = llc[np.isfinite(llc["llc_mean"].astype(float))]
@@ -313,7 +310,7 @@ def analyze_run(run: RunDir, thresholds: geo.Thresholds = geo.DEFAULT,
         raise RunDirError(f"{run.path} has no {TRAIN_LOG}: re-run `devtms train CONFIG --out "
                           f"{run.path} --resume`")
     losses = checkpoint_losses(train_log, steps)
-    llc = usable_llc(run.read_table(LLC_CSV))
+    llc = usable_llc(read_llc_table(run, check_settings=False))
     events = transitions_table(geometry, losses, llc, settings)
     per_instance = instance_summary(run.instances, geometry, losses, llc, events, settings)
     summary = summary_table(run.instances, per_instance)

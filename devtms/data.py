@@ -15,10 +15,16 @@ function of the step, which is what makes resume exact and sharding free.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from devtms.rng import generator
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from devtms.config import RunConfig
 
 Tensor = torch.Tensor
 
@@ -176,3 +182,32 @@ def importance_weights(ratios: Sequence[float], n: int) -> Tensor:
     r = torch.tensor([float(x) for x in ratios], dtype=torch.float64)[:, None]
     return (r ** torch.arange(n, dtype=torch.float64)).float()
 
+
+# ---------------------------------------------------------------------------------------------
+# The datasets of a run
+
+
+def llc_data(config: RunConfig, instances: pd.DataFrame) -> Tensor:
+    """The fixed set each instance's LLC is measured on. -> (I, N, n)
+
+    Finite-data runs: the training set itself (identical to what training drew from).
+    Fresh-data runs: a fixed sample of llc.n_samples from the same distribution.
+    """
+    d, n = config.data, config.model.n_features
+    keys = DataKeys(instances["seed"], instances["feature_probability"])
+    if d.finite:
+        return keys.expand(fixed_sets(d.kind, keys, d.n_samples, n, "train"))
+    return keys.expand(fixed_sets(d.kind, keys, config.llc.n_samples, n, "llc"))
+
+
+def training_data(config: RunConfig, instances: pd.DataFrame) -> tuple[FiniteBatches |
+                                                                       FreshBatches, Tensor]:
+    """The batch stream and the fixed set the logged loss is measured on. -> (stream, (I, S, n))"""
+    d, n = config.data, config.model.n_features
+    keys = DataKeys(instances["seed"], instances["feature_probability"])
+    if d.finite:
+        train_sets = fixed_sets(d.kind, keys, d.n_samples, n, "train")  # (keys, N, n)
+        stream = FiniteBatches(train_sets, keys, config.train.batch_size)
+        return stream, keys.expand(train_sets)
+    stream = FreshBatches(d.kind, keys, config.train.batch_size, n)
+    return stream, keys.expand(fixed_sets(d.kind, keys, d.eval_samples, n, "eval"))

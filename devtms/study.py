@@ -31,7 +31,7 @@ def run_study(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
               progress: bool = True, say: Callable[[str], None] = print) -> StudyResult:
     """Run every stage on `run` (the caller holds the run lock)."""
     from devtms.analyze import analyze_run
-    from devtms.llc import build_request, default_job_complete, run_llc
+    from devtms.llc import build_request, run_llc
     from devtms.report import default_out, load_run, write_report
     from devtms.train import train_run
 
@@ -53,7 +53,6 @@ def run_study(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
 
     def llc() -> str:
         summary = run_llc(run, build_request(run, device=device), executor, progress=progress)
-        run.set_stage("llc", done=default_job_complete(run))  # as `devtms llc` records it
         return (f"{summary.computed} estimates computed, {summary.already_done} already done, "
                 f"{summary.unhealthy} flagged unhealthy")
 

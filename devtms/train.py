@@ -28,7 +28,7 @@ from devtms import model as tms
 from devtms.activations import contiguous_groups
 from devtms.compiling import compile_available
 from devtms.config import RunConfig
-from devtms.data import DataKeys, FiniteBatches, FreshBatches, fixed_sets, importance_weights
+from devtms.data import importance_weights, training_data
 from devtms.errors import RunDirError
 from devtms.executors import Executor, LocalExecutor
 from devtms.progress import progress_bar
@@ -79,32 +79,6 @@ def use_compile(config: RunConfig) -> bool:
 
 def log_every(config: RunConfig) -> int:
     return config.train.log_every or log_steps_default_every(config.train.steps)
-
-
-def llc_data(config: RunConfig, instances: pd.DataFrame) -> Tensor:
-    """The fixed set each instance's LLC is measured on. -> (I, N, n)
-
-    Finite-data runs: the training set itself (identical to what training drew from).
-    Fresh-data runs: a fixed sample of llc.n_samples from the same distribution.
-    """
-    d, n = config.data, config.model.n_features
-    keys = DataKeys(instances["seed"], instances["feature_probability"])
-    if d.finite:
-        return keys.expand(fixed_sets(d.kind, keys, d.n_samples, n, "train"))
-    return keys.expand(fixed_sets(d.kind, keys, config.llc.n_samples, n, "llc"))
-
-
-def training_data(config: RunConfig, instances: pd.DataFrame) -> tuple[FiniteBatches |
-                                                                       FreshBatches, Tensor]:
-    """The batch stream and the fixed set the logged loss is measured on. -> (stream, (I, S, n))"""
-    d, n = config.data, config.model.n_features
-    keys = DataKeys(instances["seed"], instances["feature_probability"])
-    if d.finite:
-        train_sets = fixed_sets(d.kind, keys, d.n_samples, n, "train")  # (keys, N, n)
-        stream = FiniteBatches(train_sets, keys, config.train.batch_size)
-        return stream, keys.expand(train_sets)
-    stream = FreshBatches(d.kind, keys, config.train.batch_size, n)
-    return stream, keys.expand(fixed_sets(d.kind, keys, d.eval_samples, n, "eval"))
 
 
 class BatchTrainer:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from devtms import model as tms
-from devtms import sgld
 from devtms.activations import ALL, contiguous_groups
+from devtms.llc import sgld
 
 
 def _chain_layout_problem(I=2, m=2, n=5, P=3, B=7, seed=0):

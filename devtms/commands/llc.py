@@ -95,7 +95,7 @@ def overrides(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from devtms import llc
-    from devtms.store import RunDir
+    from devtms.store import LLC_CSV, RunDir
 
     run_dir = RunDir.open(args.run_dir)
     request = llc.build_request(
@@ -104,14 +104,13 @@ def run(args: argparse.Namespace) -> int:
         compile_setting=args.compile)
     with open_executor(args.scheduler) as executor, run_dir.lock("devtms llc"):
         summary = llc.run_llc(run_dir, request, executor)
-        run_dir.set_stage("llc", done=llc.default_job_complete(run_dir))
     for note in run_dir.notes:  # repairs of damaged files
         print(f"note: {note}", file=sys.stderr)
     p = request.params
     print(f"llc ({request.engine}, eps={p.eps:g}, gamma={p.gamma:g}, n_beta={p.n_beta:.4g}, "
           f"{p.chains} chains x {p.draws} draws after {p.burnin} burn-in): "
           f"{summary.computed} estimated, {summary.already_done} already in "
-          f"{args.run_dir / llc.LLC_CSV}")
+          f"{args.run_dir / LLC_CSV}")
     if summary.unhealthy:
         print(f"warning: {summary.unhealthy} estimate(s) unhealthy (healthy = false; see the "
               "reason column); consider `devtms calibrate`", file=sys.stderr)

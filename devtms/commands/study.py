@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from devtms.commands.train import open_run_dir, prepare_run_dir
-    from devtms.llc import check_device
+    from devtms.options import check_device
     from devtms.store import lock_dir
     from devtms.study import run_study
 

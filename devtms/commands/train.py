@@ -147,7 +147,7 @@ def shard_note(config, scheduler: str, n_instances: int) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from devtms.llc import check_device
+    from devtms.options import check_device
     from devtms.store import lock_dir
     from devtms.train import train_run
 

@@ -1,0 +1,52 @@
+"""The local learning coefficient at every checkpoint: a batched SGLD estimator and devinterp's.
+
+    lambda_hat(w*) = n_beta * (mean over draws of L_batch(w_t) - L_N(w*)),   per chain
+
+averaged over chains (docs/science.md, "The local learning coefficient"). One *estimate* is one
+(instance, checkpoint step) under one *setting* (the engine and its hyperparameters); llc.csv
+holds one row per estimate.
+
+One job a module:
+
+    params.py     LLCParams: a setting's resolved hyperparameters; SETTING_COLUMNS, its name
+    sgld.py       the SGLD update rule and the fused, batched TMS step (compiled or eager)
+    batched.py    the batched engine: chunk -> activation groups -> tiles of chains
+    reference.py  devinterp's estimator, the reference engine for cross-checks
+    engines.py    estimate_chunk(task): either engine behind one call
+    task.py       ChunkTask / ChunkResult: what an engine gets and gives; shared result assembly
+    health.py     LLC statistics and health from loss traces
+    plan.py       chunk sizes and cuts, and whether the job compiles
+    table.py      llc.csv and llc_traces/: their only reader and writer
+    request.py    a validated `devtms llc` job and the tensors its chunks are cut from
+    run.py        the driver: pending estimates -> executor -> llc.csv, run.json
+
+    >>> request = build_request(RunDir.open("runs/quick"), steps="last")
+    >>> run_llc(run, request)                        # writes llc.csv, llc_traces/, run.json
+"""
+
+from devtms.llc.batched import NOISE_BLOCK, noise_block, run_chains, tile_shape
+from devtms.llc.engines import ENGINES, estimate_chunk
+from devtms.llc.health import summarize
+from devtms.llc.params import SETTING_COLUMNS, LLCParams, llc_dataset_size, num_parameters
+from devtms.llc.plan import auto_chunk_size, plan_chunks, use_compile
+from devtms.llc.request import LLCRequest, RunInputs, build_request
+from devtms.llc.run import LLCSummary, default_job_complete, run_llc
+from devtms.llc.table import (
+    COLUMNS,
+    CONTRACT_COLUMNS,
+    IDENTITY,
+    done_mask,
+    done_pairs,
+    load_traces,
+    read_llc_table,
+)
+from devtms.llc.task import ChunkResult, ChunkTask
+
+__all__ = [
+    "COLUMNS", "CONTRACT_COLUMNS", "ENGINES", "IDENTITY", "NOISE_BLOCK", "SETTING_COLUMNS",
+    "ChunkResult", "ChunkTask", "LLCParams", "LLCRequest", "LLCSummary", "RunInputs",
+    "auto_chunk_size", "build_request", "default_job_complete", "done_mask", "done_pairs",
+    "estimate_chunk", "llc_dataset_size", "load_traces", "noise_block", "num_parameters",
+    "plan_chunks", "read_llc_table", "run_chains", "run_llc", "summarize", "tile_shape",
+    "use_compile",
+]

@@ -1,0 +1,70 @@
+"""An LLC setting: the resolved SGLD hyperparameters of a set of estimates, and its name.
+
+A *setting* is everything that fixes an estimate's numbers besides the checkpoint: the engine
+and the hyperparameters below. llc.csv can hold several settings side by side; the columns
+that name one are `SETTING_COLUMNS`, in the order llc.csv is sorted by.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from devtms.config import LLCConfig, RunConfig
+
+# llc.csv's columns that identify a setting (with instance and step: an estimate), in the
+# order the table is sorted by. `LLCParams.identity` fills them, in this order.
+SETTING_COLUMNS = ("engine", "eps", "gamma", "n_beta", "num_chains", "num_draws", "burnin",
+                   "batch_size", "seed", "n_samples")
+FLOAT_SETTING_COLUMNS = ("eps", "gamma", "n_beta")  # compared within rounding
+
+
+@dataclass(frozen=True)
+class LLCParams:
+    """Resolved hyperparameters of a set of estimates (n_beta is a number here, never None)."""
+
+    eps: float
+    gamma: float
+    n_beta: float
+    chains: int
+    draws: int
+    burnin: int
+    batch_size: int
+    seed: int
+    n_samples: int  # N: the size of the LLC dataset the losses are measured on
+
+    @classmethod
+    def resolve(cls, llc: LLCConfig, n_samples: int) -> LLCParams:
+        """n_beta None -> N / log N of the LLC dataset (devtms's default; devinterp's is B / log B)."""
+        n_beta = llc.n_beta if llc.n_beta is not None else n_samples / math.log(n_samples)
+        return cls(eps=float(llc.eps), gamma=float(llc.gamma), n_beta=float(n_beta),
+                   chains=llc.chains, draws=llc.draws, burnin=llc.burnin,
+                   batch_size=llc.batch_size, seed=llc.seed, n_samples=n_samples)
+
+    @classmethod
+    def of_run(cls, config: RunConfig) -> LLCParams:
+        """The setting of a run's own [llc] section."""
+        return cls.resolve(config.llc, llc_dataset_size(config))
+
+    def identity(self, engine: str) -> dict[str, Any]:
+        """The values of SETTING_COLUMNS for these hyperparameters and `engine`."""
+        return dict(engine=engine, eps=self.eps, gamma=self.gamma, n_beta=self.n_beta,
+                    num_chains=self.chains, num_draws=self.draws, burnin=self.burnin,
+                    batch_size=self.batch_size, seed=self.seed, n_samples=self.n_samples)
+
+    def tag(self, engine: str) -> str:
+        """A short stable name for these hyperparameters (trace file names)."""
+        return hashlib.blake2b(repr(sorted(self.identity(engine).items())).encode(),
+                               digest_size=5).hexdigest()
+
+
+def llc_dataset_size(config: RunConfig) -> int:
+    """N: the training set of a finite-data run, else the fixed set of llc.n_samples."""
+    return config.data.n_samples if config.data.finite else config.llc.n_samples
+
+
+def num_parameters(m: int, n: int, bias: bool) -> int:
+    """d: the number of sampled parameters of one TMS instance."""
+    return m * n + (n if bias else 0)

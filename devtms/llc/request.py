@@ -1,0 +1,91 @@
+"""A `devtms llc` job: what to estimate and how (validated against the run), and the tensors
+its chunks are cut from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from devtms.data import importance_weights, llc_data
+from devtms.errors import UserError
+from devtms.llc.engines import ENGINES
+from devtms.llc.params import LLCParams, llc_dataset_size
+from devtms.llc.plan import use_compile
+from devtms.llc.task import ChunkTask
+from devtms.options import check_device, parse_instances, parse_steps
+from devtms.store import RunDir
+
+
+@dataclass
+class LLCRequest:
+    """A validated `devtms llc` job: which estimates, how."""
+
+    instances: list[int]
+    steps: list[int]
+    engine: str
+    params: LLCParams
+    compiled: bool
+    device: str
+    chunk_size: int | None = None
+
+
+def build_request(run: RunDir, *, instances: str | None = None, steps: str | None = None,
+                  engine: str = "batched", overrides: dict[str, Any] | None = None,
+                  device: str = "cpu", chunk_size: int | None = None,
+                  compile_setting: str = "auto") -> LLCRequest:
+    """Validate a job against the run; raises UserError naming the problem. Writes nothing."""
+    if engine not in ENGINES:
+        raise UserError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if not run.stage_done("train"):
+        raise UserError(f"{run.path}: training is not complete; finish it first with "
+                        "`devtms train CONFIG --out RUN_DIR --resume`")
+    if chunk_size is not None and chunk_size < 1:
+        raise UserError(f"--chunk-size {chunk_size} is not allowed: must be an integer >= 1")
+    config = run.config.with_llc(**(overrides or {}))
+    params = LLCParams.resolve(config.llc, llc_dataset_size(config))
+    if params.batch_size > params.n_samples:
+        raise UserError(f"--batch-size {params.batch_size} is larger than the LLC dataset "
+                        f"(N = {params.n_samples})")
+    if engine == "devinterp":
+        try:
+            import devinterp  # noqa: F401
+        except ImportError:
+            raise UserError("--engine devinterp needs devinterp: pip install 'devinterp>=1.3.2,<2'"
+                            ) from None
+    return LLCRequest(
+        instances=parse_instances(instances, run.instances["instance"].tolist()),
+        steps=parse_steps(steps, run.checkpoint_steps()),
+        engine=engine, params=params, compiled=use_compile(config, params, engine, compile_setting),
+        device=check_device(device), chunk_size=chunk_size)
+
+
+class RunInputs:
+    """The tensors tasks are cut from: checkpoints (verified), LLC datasets, importance."""
+
+    def __init__(self, run: RunDir, instances: list[int], steps: list[int]):
+        table = run.instances.set_index("instance").loc[instances].reset_index()
+        self.config = run.config
+        self.table = table
+        self.row = {int(i): k for k, i in enumerate(table["instance"])}
+        self.col = {int(s): k for k, s in enumerate(steps)}
+        W, b = run.load_weights(steps)  # (S, I_all, m, n): every checkpoint verified here
+        index = torch.tensor(instances, dtype=torch.long)
+        self.W = W.index_select(1, index).transpose(0, 1).contiguous()  # (I, S, m, n)
+        self.b = b.index_select(1, index).transpose(0, 1).contiguous()  # (I, S, n)
+        self.data = llc_data(run.config, table)  # (I, N, n)
+        self.importance = importance_weights(table["importance_ratio"],
+                                             run.config.model.n_features)
+
+    def task(self, instances: list[int], steps: list[int], request: LLCRequest) -> ChunkTask:
+        rows = torch.tensor([self.row[i] for i in instances], dtype=torch.long)
+        cols = torch.tensor([self.col[s] for s in steps], dtype=torch.long)
+        t = self.table.iloc[rows.numpy()]
+        return ChunkTask(
+            engine=request.engine, instances=list(instances), seeds=[int(s) for s in t["seed"]],
+            activations=list(t["activation"]), steps=list(steps),
+            W0=self.W[rows][:, cols].contiguous(), b0=self.b[rows][:, cols].contiguous(),
+            data=self.data[rows].contiguous(), importance=self.importance[rows].contiguous(),
+            bias=self.config.model.bias, reduction=self.config.model.reduction,
+            params=request.params, compiled=request.compiled, device=request.device)

@@ -1,0 +1,83 @@
+"""The LLC stage's driver: estimate what a request asks and llc.csv lacks, chunk by chunk.
+
+    plan_chunks(wanted)     -> chunks (instances x steps rectangles; devtms.llc.plan)
+    RunInputs.task(...)     -> ChunkTask: tensors + hyperparameters, picklable, no file handles
+    estimate_chunk(task)    -> ChunkResult: rows + loss traces; pure (devtms.llc.engines)
+    run_llc(run, request)   maps tasks through an executor, writes llc_traces/ then llc.csv after
+                            every chunk (atomically), and records the stage in run.json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from devtms.executors import Executor, LocalExecutor
+from devtms.llc import table as llc_table
+from devtms.llc.engines import estimate_chunk
+from devtms.llc.params import LLCParams
+from devtms.llc.plan import auto_chunk_size, plan_chunks
+from devtms.llc.request import LLCRequest, RunInputs
+from devtms.progress import progress_bar
+from devtms.store import LLC_CSV, RunDir
+
+
+@dataclass
+class LLCSummary:
+    requested: int
+    already_done: int
+    computed: int
+    unhealthy: int
+    chunks: int
+
+
+def run_llc(run: RunDir, request: LLCRequest, executor: Executor | None = None,
+            progress: bool = True) -> LLCSummary:
+    """Estimate what `request` asks and llc.csv lacks, appending after every chunk, then record
+    the stage in run.json ("done": llc.csv covers every instance x checkpoint at the run's own
+    setting). Holds no lock: the caller holds `run.lock(...)`."""
+    summary = _estimate_pending(run, request, executor or LocalExecutor(), progress)
+    run.set_stage("llc", done=default_job_complete(run))
+    return summary
+
+
+def _estimate_pending(run: RunDir, request: LLCRequest, executor: Executor,
+                      progress: bool) -> LLCSummary:
+    run.cut_torn_line(LLC_CSV)  # a torn row (damage from outside devtms) is estimated again
+    table = llc_table.read_llc_table(run)
+    done = llc_table.done_pairs(table, request.params, request.engine)
+    wanted = [(i, s) for i in request.instances for s in request.steps]
+    pending = [pair for pair in wanted if pair not in done]
+    summary = LLCSummary(len(wanted), len(wanted) - len(pending), 0, 0, 0)
+    if not pending:
+        return summary
+    m, n = run.config.model.n_hidden, run.config.model.n_features
+    size = request.chunk_size or auto_chunk_size(len(wanted), len(request.steps),
+                                                 request.params, m, n, request.compiled)
+    # planned over the whole request, so a rerun cuts the chunks of the first run (see plan.py)
+    todo = set(pending)
+    chunks = [(instances, steps) for instances, steps in plan_chunks(wanted, size)
+              if any((i, s) in todo for i in instances for s in steps)]
+    summary.chunks = len(chunks)
+    # every checkpoint is loaded and verified before anything is written
+    inputs = RunInputs(run, sorted({i for c in chunks for i in c[0]}),
+                       sorted({s for c in chunks for s in c[1]}))
+    llc_table.remove_orphan_traces(run, table)
+    tasks = (inputs.task(instances, steps, request) for instances, steps in chunks)
+    bar = progress_bar(len(pending), f"llc ({request.engine})", "estimate", enabled=progress)
+    with bar:
+        for result in executor.map(estimate_chunk, tasks):
+            result = result.only(todo)  # a chunk partly done by an earlier, other request
+            llc_table.save_traces(run, result)  # traces first: a row always has its traces
+            table = llc_table.append_rows(run, table, result.rows)
+            summary.computed += len(result.rows)
+            summary.unhealthy += sum(not row["healthy"] for row in result.rows)
+            bar.update(len(result.rows))
+    return summary
+
+
+def default_job_complete(run: RunDir) -> bool:
+    """Whether llc.csv has every instance x checkpoint at the run's own [llc] settings (batched)."""
+    table = llc_table.read_llc_table(run)
+    pairs = llc_table.done_pairs(table, LLCParams.of_run(run.config), "batched")
+    return all((int(i), s) in pairs for i in run.instances["instance"]
+               for s in run.checkpoint_steps())
