@@ -1,8 +1,9 @@
 """Do a preset's LLC defaults converge? Estimates at (burn-in, draws) against (2 burn-in, 2 draws).
 
-SCIENCE.md section 4: a preset's defaults should give an estimate that no longer moves when
-burn-in and draws are doubled. This runs the batched engine twice on the same estimates (every
-instance at a few checkpoint steps of a trained run) and prints, over the estimates:
+As docs/science.md says of the LLC in practice, a preset's defaults should give an estimate that
+no longer moves when burn-in and draws are doubled. This runs the batched engine twice on the
+same estimates (every instance at a few checkpoint steps of a trained run) and prints, over the
+estimates:
 
 - the mean change (doubled - default), relative to the mean LLC: a systematic drift, which is
   what too short a burn-in or too few draws produce (SGLD chains start at w* and rise);

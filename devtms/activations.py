@@ -32,6 +32,10 @@ Tensor = torch.Tensor
 # code can form gradients without building an autograd graph per activation group. Most use
 # torch's own backward kernels (the ones autograd would call); None means: ask autograd.
 Vjp = Callable[[Tensor, Tensor, Tensor], Tensor]
+# slope(pre, out) -> f'(pre), elementwise activations only: the same derivative in plain tensor
+# ops that torch.compile traces (aten's backward kernels, fastest eagerly, do not all trace:
+# hardshrink_backward does not), at the conventions of torch's autograd (its subgradient at kinks).
+Slope = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -46,23 +50,33 @@ class Activation:
     over_features: bool  # normalises along the feature axis
     control: bool = False  # not one of the 27 variants: a baseline every comparison wants
     vjp_fn: Vjp | None = None
+    slope: Slope | None = None  # elementwise activations: f' in traceable ops
+
+    def pullback(self, pre: Tensor, out: Tensor, traceable: bool = False
+                 ) -> Callable[[Tensor], Tensor]:
+        """grad_out -> d<grad_out, fn(pre)>/d pre, with out = fn(pre) already computed.
+
+        The one place that chooses how an activation is differentiated: traceable (for code
+        torch.compile traces) and elementwise: grad_out * slope(pre, out), the slope computed
+        once here; else the registry's vjp (the over-features ones are plain tensor ops, so
+        they trace too); else autograd (torch.func.vjp, for an activation with neither).
+        """
+        if traceable and self.slope is not None:
+            slope = self.slope(pre, out)
+            return lambda grad_out: grad_out * slope
+        if self.vjp_fn is not None:
+            vjp_fn = self.vjp_fn
+            return lambda grad_out: vjp_fn(grad_out, pre, out)
+        _, vjp = torch.func.vjp(self.fn, pre)
+        return lambda grad_out: vjp(grad_out)[0]
 
     def vjp(self, grad_out: Tensor, pre: Tensor, out: Tensor) -> Tensor:
-        """d<grad_out, fn(pre)>/d pre, with out = fn(pre) already computed."""
-        if self.vjp_fn is not None:
-            return self.vjp_fn(grad_out, pre, out)
-        with torch.enable_grad():
-            leaf = pre.detach().requires_grad_(True)
-            return torch.autograd.grad(self.fn(leaf), leaf, grad_out)[0]
+        """d<grad_out, fn(pre)>/d pre (torch's backward kernels where the registry has them)."""
+        return self.pullback(pre, out)(grad_out)
 
     def traceable_vjp(self, grad_out: Tensor, pre: Tensor, out: Tensor) -> Tensor:
-        """The same product in plain tensor ops, for torch.compile: grad_out * f'(pre) from
-        `ELEMENTWISE_SLOPES` for an elementwise activation, else `vjp` (whose over-features
-        vjps are plain ops already)."""
-        slope = ELEMENTWISE_SLOPES.get(self.name)
-        if slope is not None and not self.over_features:
-            return grad_out * slope(pre, out)
-        return self.vjp(grad_out, pre, out)
+        """The same product in plain tensor ops, for torch.compile (see `pullback`)."""
+        return self.pullback(pre, out, traceable=True)(grad_out)
 
 
 _aten = torch.ops.aten
@@ -128,83 +142,11 @@ def _elu_vjp(g: Tensor, x: Tensor, out: Tensor) -> Tensor:
     return _aten.elu_backward(g, 1.0, 1.0, 1.0, False, x)
 
 
-def _entry(name, fn, vjp, definition, above, below, smooth, monotone, over=False, control=False):
-    return Activation(name, fn, definition, above, below, smooth, monotone, over, control, vjp)
-
-
-# The order is the numbering of SCIENCE.md section 2; the controls come last.
-_ACTIVATIONS: tuple[Activation, ...] = (
-    _entry("relu", F.relu, lambda g, x, y: _aten.threshold_backward(g, y, 0),
-           "max(0, x)", False, True, False, True),
-    _entry("leaky_relu", F.leaky_relu, lambda g, x, y: _aten.leaky_relu_backward(g, x, 0.01, False),
-           "x if x > 0 else 0.01 x", False, False, False, True),
-    _entry("selu", F.selu,
-           lambda g, x, y: _aten.elu_backward(g, _SELU_ALPHA, _SELU_SCALE, 1.0, False, x),
-           "torch SELU", False, True, False, True),
-    _entry("celu", F.celu, _elu_vjp, "CELU, alpha 1", False, True, True, True),
-    _entry("gelu", F.gelu, lambda g, x, y: _aten.gelu_backward(g, x),
-           "exact (erf) GELU", False, True, True, False),
-    _entry("sigmoid", torch.sigmoid, lambda g, x, y: _aten.sigmoid_backward(g, y),
-           "1 / (1 + e^-x)", True, True, True, True),
-    _entry("hardsigmoid", F.hardsigmoid, lambda g, x, y: _aten.hardsigmoid_backward(g, x),
-           "torch Hardsigmoid", True, True, False, True),
-    _entry("silu", F.silu, lambda g, x, y: _aten.silu_backward(g, x),
-           "x sigmoid(x) (Swish)", False, True, True, False),
-    _entry("hardswish", F.hardswish, lambda g, x, y: _aten.hardswish_backward(g, x),
-           "torch Hardswish", False, True, False, False),
-    _entry("mish", F.mish, lambda g, x, y: _aten.mish_backward(g, x),
-           "x tanh(softplus(x))", False, True, True, False),
-    _entry("softplus", F.softplus, lambda g, x, y: _aten.softplus_backward(g, x, 1.0, 20.0),
-           "log(1 + e^x)", False, True, True, True),
-    _entry("tanh", torch.tanh, lambda g, x, y: _aten.tanh_backward(g, y),
-           "tanh(x)", True, True, True, True),
-    _entry("hardtanh", F.hardtanh, lambda g, x, y: _aten.hardtanh_backward(g, x, -1.0, 1.0),
-           "clamp(x, -1, 1)", True, True, False, True),
-    _entry("elu", F.elu, _elu_vjp, "ELU, alpha 1", False, True, True, True),
-    _entry("hardshrink", F.hardshrink, lambda g, x, y: _aten.hardshrink_backward(g, x, 0.5),
-           "x if |x| > 0.5 else 0", False, False, False, True),
-    _entry("softmax", _softmax, lambda g, x, y: _softmax_vjp(g, y),
-           "softmax over features", True, True, True, True, over=True),
-    _entry("solu", _solu, _solu_vjp, "x * softmax(x) over features", False, True, True, False,
-           over=True),
-    _entry("log_softmax", _log_softmax,
-           lambda g, x, y: g - y.exp() * g.sum(-1, keepdim=True),
-           "log-softmax over features", True, False, True, True, over=True),
-    _entry("logsigmoid", F.logsigmoid, lambda g, x, y: g * torch.sigmoid(-x),
-           "log sigmoid(x)", True, False, True, True),
-    _entry("exp", torch.exp, lambda g, x, y: g * y, "e^x", False, True, True, True),
-    _entry("exp_linear", _exp_linear, _elu_vjp, "e^x if x < 0 else x + 1 (devtms's reading)",
-           False, True, True, True),
-    _entry("tanhshrink", F.tanhshrink, lambda g, x, y: g * torch.tanh(x).square(),
-           "x - tanh(x)", False, False, True, True),
-    _entry("relu6", F.relu6, lambda g, x, y: _aten.hardtanh_backward(g, x, 0.0, 6.0),
-           "min(max(0, x), 6)", True, True, False, True),
-    _entry("relu_squared", lambda x: F.relu(x).square(), lambda g, x, y: g * 2.0 * F.relu(x),
-           "max(0, x)^2", False, True, True, True),
-    _entry("softshrink", F.softshrink, lambda g, x, y: _aten.softshrink_backward(g, x, 0.5),
-           "torch Softshrink, lambda 0.5", False, False, False, True),
-    _entry("softsign", F.softsign, lambda g, x, y: g / (1.0 + x.abs()).square(),
-           "x / (1 + |x|)", True, True, True, True),
-    _entry("softmin", lambda x: _softmax(-x), lambda g, x, y: -_softmax_vjp(g, y),
-           "softmin over features", True, True, True, False, over=True),
-    _entry("linear", lambda x: x, lambda g, x, y: g, "identity (control)", False, False, True,
-           True, control=True),
-    _entry("solu_ln", _solu_ln, _solu_ln_vjp, "LayerNorm(x * softmax(x)) over features (control)",
-           True, True, True, False, over=True, control=True),
-)
-
 # ---------------------------------------------------------------------------------------------
-# d activation / d preactivation for the elementwise activations, at the conventions of torch's
-# autograd (the subgradient chosen at kinks), as functions of (z, f(z)): plain tensor ops that
-# torch.compile traces (the registry's vjps call aten's backward kernels, which are the fastest
-# eagerly but do not all trace: hardshrink_backward does not).
+# Slopes of the elementwise activations that need more than one line (see `Slope`)
 
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def _one(z: Tensor) -> Tensor:
-    return torch.ones_like(z)
 
 
 def _mish_slope(z: Tensor, out: Tensor) -> Tensor:
@@ -229,35 +171,108 @@ def _gelu_slope(z: Tensor, out: Tensor) -> Tensor:
     return cdf + z * torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
 
 
-ELEMENTWISE_SLOPES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "relu": lambda z, out: (z > 0).to(z.dtype),
-    "leaky_relu": lambda z, out: torch.where(z > 0, 1.0, torch.full_like(z, 0.01)),
-    "selu": lambda z, out: torch.where(z > 0, _SELU_SCALE, _SELU_SCALE * _SELU_ALPHA * torch.exp(z)),
-    "celu": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
-    "gelu": _gelu_slope,
-    "sigmoid": lambda z, out: out * (1.0 - out),
-    "hardsigmoid": lambda z, out: ((z > -3.0) & (z < 3.0)).to(z.dtype) / 6.0,
-    "silu": _silu_slope,
-    "hardswish": lambda z, out: torch.where(
-        z <= -3.0, 0.0, torch.where(z < 3.0, z / 3.0 + 0.5, 1.0)).to(z.dtype),
-    "mish": _mish_slope,
-    # sigmoid(z) = 1 - e^-softplus(z): one expm1 of the output instead of an exp of z and a division
-    "softplus": lambda z, out: torch.where(z > 20.0, 1.0, -torch.expm1(-out)),
-    "tanh": lambda z, out: 1.0 - out * out,
-    "hardtanh": lambda z, out: ((z > -1.0) & (z < 1.0)).to(z.dtype),
-    "elu": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
-    "hardshrink": lambda z, out: ((z < -0.5) | (z > 0.5)).to(z.dtype),
-    "logsigmoid": lambda z, out: -torch.expm1(out),  # sigmoid(-z) = 1 - e^logsigmoid(z)
-    "exp": lambda z, out: out,
-    "exp_linear": lambda z, out: torch.where(z > 0, 1.0, torch.exp(z)),
-    "tanhshrink": lambda z, out: (z - out).square(),  # tanh(z)^2, without a second tanh
-    "relu6": lambda z, out: ((z > 0.0) & (z < 6.0)).to(z.dtype),
-    "relu_squared": lambda z, out: 2.0 * F.relu(z),
-    "softshrink": lambda z, out: ((z < -0.5) | (z > 0.5)).to(z.dtype),
-    "softsign": lambda z, out: (1.0 + z.abs()).reciprocal().square(),
-    "linear": lambda z, out: _one(z),
-}
+def _step(z: Tensor, lo: float, hi: float) -> Tensor:
+    """1 on the open interval (lo, hi), else 0: the slope of a clamp."""
+    return ((z > lo) & (z < hi)).to(z.dtype)
 
+
+def _outside(z: Tensor, lam: float) -> Tensor:
+    """1 where |z| > lam, else 0: the slope of the shrinks."""
+    return ((z < -lam) | (z > lam)).to(z.dtype)
+
+
+def _elu_slope(z: Tensor, out: Tensor) -> Tensor:
+    return torch.where(z > 0, 1.0, torch.exp(z))
+
+
+def _entry(name, fn, definition, above, below, smooth, monotone, *, vjp, slope=None,
+           over=False, control=False):
+    return Activation(name, fn, definition, above, below, smooth, monotone, over, control, vjp,
+                      slope)
+
+
+# One row per activation: name, function, definition, bounded above, bounded below, smooth,
+# monotone; its vjp (torch's backward kernel where there is one) and, for the elementwise ones,
+# its slope. The order is the numbering of docs/science.md; the controls come last.
+_ACTIVATIONS: tuple[Activation, ...] = (
+    _entry("relu", F.relu, "max(0, x)", False, True, False, True,
+           vjp=lambda g, x, y: _aten.threshold_backward(g, y, 0),
+           slope=lambda z, out: (z > 0).to(z.dtype)),
+    _entry("leaky_relu", F.leaky_relu, "x if x > 0 else 0.01 x", False, False, False, True,
+           vjp=lambda g, x, y: _aten.leaky_relu_backward(g, x, 0.01, False),
+           slope=lambda z, out: torch.where(z > 0, 1.0, torch.full_like(z, 0.01))),
+    _entry("selu", F.selu, "torch SELU", False, True, False, True,
+           vjp=lambda g, x, y: _aten.elu_backward(g, _SELU_ALPHA, _SELU_SCALE, 1.0, False, x),
+           slope=lambda z, out: torch.where(z > 0, _SELU_SCALE,
+                                            _SELU_SCALE * _SELU_ALPHA * torch.exp(z))),
+    _entry("celu", F.celu, "CELU, alpha 1", False, True, True, True,
+           vjp=_elu_vjp, slope=_elu_slope),
+    _entry("gelu", F.gelu, "exact (erf) GELU", False, True, True, False,
+           vjp=lambda g, x, y: _aten.gelu_backward(g, x), slope=_gelu_slope),
+    _entry("sigmoid", torch.sigmoid, "1 / (1 + e^-x)", True, True, True, True,
+           vjp=lambda g, x, y: _aten.sigmoid_backward(g, y),
+           slope=lambda z, out: out * (1.0 - out)),
+    _entry("hardsigmoid", F.hardsigmoid, "torch Hardsigmoid", True, True, False, True,
+           vjp=lambda g, x, y: _aten.hardsigmoid_backward(g, x),
+           slope=lambda z, out: _step(z, -3.0, 3.0) / 6.0),
+    _entry("silu", F.silu, "x sigmoid(x) (Swish)", False, True, True, False,
+           vjp=lambda g, x, y: _aten.silu_backward(g, x), slope=_silu_slope),
+    _entry("hardswish", F.hardswish, "torch Hardswish", False, True, False, False,
+           vjp=lambda g, x, y: _aten.hardswish_backward(g, x),
+           slope=lambda z, out: torch.where(
+               z <= -3.0, 0.0, torch.where(z < 3.0, z / 3.0 + 0.5, 1.0)).to(z.dtype)),
+    _entry("mish", F.mish, "x tanh(softplus(x))", False, True, True, False,
+           vjp=lambda g, x, y: _aten.mish_backward(g, x), slope=_mish_slope),
+    # softplus' slope sigmoid(z) = 1 - e^-softplus(z): one expm1 of the output instead of an
+    # exp of z and a division
+    _entry("softplus", F.softplus, "log(1 + e^x)", False, True, True, True,
+           vjp=lambda g, x, y: _aten.softplus_backward(g, x, 1.0, 20.0),
+           slope=lambda z, out: torch.where(z > 20.0, 1.0, -torch.expm1(-out))),
+    _entry("tanh", torch.tanh, "tanh(x)", True, True, True, True,
+           vjp=lambda g, x, y: _aten.tanh_backward(g, y), slope=lambda z, out: 1.0 - out * out),
+    _entry("hardtanh", F.hardtanh, "clamp(x, -1, 1)", True, True, False, True,
+           vjp=lambda g, x, y: _aten.hardtanh_backward(g, x, -1.0, 1.0),
+           slope=lambda z, out: _step(z, -1.0, 1.0)),
+    _entry("elu", F.elu, "ELU, alpha 1", False, True, True, True,
+           vjp=_elu_vjp, slope=_elu_slope),
+    _entry("hardshrink", F.hardshrink, "x if |x| > 0.5 else 0", False, False, False, True,
+           vjp=lambda g, x, y: _aten.hardshrink_backward(g, x, 0.5),
+           slope=lambda z, out: _outside(z, 0.5)),
+    _entry("softmax", _softmax, "softmax over features", True, True, True, True,
+           vjp=lambda g, x, y: _softmax_vjp(g, y), over=True),
+    _entry("solu", _solu, "x * softmax(x) over features", False, True, True, False,
+           vjp=_solu_vjp, over=True),
+    _entry("log_softmax", _log_softmax, "log-softmax over features", True, False, True, True,
+           vjp=lambda g, x, y: g - y.exp() * g.sum(-1, keepdim=True), over=True),
+    # logsigmoid's slope sigmoid(-z) = 1 - e^logsigmoid(z)
+    _entry("logsigmoid", F.logsigmoid, "log sigmoid(x)", True, False, True, True,
+           vjp=lambda g, x, y: g * torch.sigmoid(-x), slope=lambda z, out: -torch.expm1(out)),
+    _entry("exp", torch.exp, "e^x", False, True, True, True,
+           vjp=lambda g, x, y: g * y, slope=lambda z, out: out),
+    _entry("exp_linear", _exp_linear, "e^x if x < 0 else x + 1 (devtms's reading)",
+           False, True, True, True, vjp=_elu_vjp, slope=_elu_slope),
+    # tanhshrink's slope tanh(z)^2 = (z - out)^2, without a second tanh
+    _entry("tanhshrink", F.tanhshrink, "x - tanh(x)", False, False, True, True,
+           vjp=lambda g, x, y: g * torch.tanh(x).square(),
+           slope=lambda z, out: (z - out).square()),
+    _entry("relu6", F.relu6, "min(max(0, x), 6)", True, True, False, True,
+           vjp=lambda g, x, y: _aten.hardtanh_backward(g, x, 0.0, 6.0),
+           slope=lambda z, out: _step(z, 0.0, 6.0)),
+    _entry("relu_squared", lambda x: F.relu(x).square(), "max(0, x)^2", False, True, True, True,
+           vjp=lambda g, x, y: g * 2.0 * F.relu(x), slope=lambda z, out: 2.0 * F.relu(z)),
+    _entry("softshrink", F.softshrink, "torch Softshrink, lambda 0.5", False, False, False, True,
+           vjp=lambda g, x, y: _aten.softshrink_backward(g, x, 0.5),
+           slope=lambda z, out: _outside(z, 0.5)),
+    _entry("softsign", F.softsign, "x / (1 + |x|)", True, True, True, True,
+           vjp=lambda g, x, y: g / (1.0 + x.abs()).square(),
+           slope=lambda z, out: (1.0 + z.abs()).reciprocal().square()),
+    _entry("softmin", lambda x: _softmax(-x), "softmin over features", True, True, True, False,
+           vjp=lambda g, x, y: -_softmax_vjp(g, y), over=True),
+    _entry("linear", lambda x: x, "identity (control)", False, False, True, True,
+           vjp=lambda g, x, y: g, slope=lambda z, out: torch.ones_like(z), control=True),
+    _entry("solu_ln", _solu_ln, "LayerNorm(x * softmax(x)) over features (control)",
+           True, True, True, False, vjp=_solu_ln_vjp, over=True, control=True),
+)
 
 REGISTRY: dict[str, Activation] = {a.name: a for a in _ACTIVATIONS}
 VARIANTS: tuple[str, ...] = tuple(a.name for a in _ACTIVATIONS if not a.control)  # the 27

@@ -3,7 +3,8 @@
 Inductor turns a step's many small elementwise ops (one group per activation) into a few
 fused C++ loops; on the tiny tensors of a TMS the eager ops cost mostly dispatch, so this
 is where the time goes. Compiling costs seconds (cached on disk by torch across processes),
-so callers compile only work that repays it (see train.use_compile and llc.use_compile).
+so callers compile only work that repays it (see train.use_compile and llc.plan.use_compile),
+and each compiled function is built once per process (`compile_once`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import shutil
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
-LOCK = threading.Lock()  # hold while creating a compiled function (callers keep a cache of them)
+_LOCK = threading.Lock()
+_CACHE: dict[Hashable, Callable] = {}
 
 
 def compile_available() -> bool:
@@ -30,3 +32,15 @@ def with_own_code(fn: Callable, name: str) -> Callable:
     """
     code = fn.__code__.replace(co_name=name)
     return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+
+
+def compile_once(key: Hashable, build: Callable[[], Callable]) -> Callable:
+    """The function cached under `key`, made by `build()` the first time (thread-safe).
+
+    One cache for every compiled function of the process (the trainer's loss and gradient,
+    the SGLD steps): each is compiled once and reused by every later chunk, shard and run.
+    """
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = build()
+        return _CACHE[key]

@@ -1,6 +1,6 @@
 """Feature generators and the batched data streams of a run.
 
-Three generators (SCIENCE.md section 1), each returning `(samples, n)`:
+Three generators (docs/science.md, the setups), each returning `(samples, n)`:
 
 - sparse-uniform: each feature independently U[0, 1) with probability p = 1 - S, else 0
 - single-feature: one feature, chosen uniformly, with magnitude U[0, 1); the others 0

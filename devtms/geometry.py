@@ -1,4 +1,4 @@
-"""Superposition geometry of TMS weights (SCIENCE.md section 3), batched over any leading axes.
+"""Superposition geometry of TMS weights (docs/science.md, geometry), batched over any leading axes.
 
 Every function takes stacked weights in devtms's axis order (devtms/model.py):
 

@@ -22,6 +22,7 @@ features), then averaged over the batch. Instances never interact: the gradient 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from devtms.activations import Activation, apply_grouped, get_activation, vjp_grouped
-from devtms.compiling import LOCK, with_own_code
+from devtms.compiling import compile_once, with_own_code
 from devtms.rng import generator
 
 Tensor = torch.Tensor
@@ -111,7 +112,6 @@ def _bmm(a: Tensor, b: Tensor, traceable: bool) -> Tensor:
 
 
 LossAndGrad = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
-_COMPILED: dict[tuple, LossAndGrad] = {}
 
 
 def compiled_loss_and_grad(groups: Groups, reduction: str) -> LossAndGrad:
@@ -119,15 +119,17 @@ def compiled_loss_and_grad(groups: Groups, reduction: str) -> LossAndGrad:
     -> (loss, dW, db). Static shapes: one compile per set of groups and shapes (about 1 s per
     activation; cached on disk by torch across processes). Inductor fuses the elementwise ops
     of all groups and the small contractions into a few C++ loops."""
-    key = (tuple((act.name, start, stop) for act, start, stop in groups), reduction)
-    with LOCK:
-        if key not in _COMPILED:
-            def step(W: Tensor, b: Tensor, x: Tensor, importance: Tensor):
-                return loss_and_grad(W, b, x, importance, groups, reduction, traceable=True)
+    key = ("loss_and_grad", tuple((act.name, start, stop) for act, start, stop in groups),
+           reduction)
 
-            _COMPILED[key] = torch.compile(with_own_code(step, f"loss_and_grad_{len(_COMPILED)}"),
-                                           dynamic=False)
-        return _COMPILED[key]
+    def build() -> LossAndGrad:
+        def step(W: Tensor, b: Tensor, x: Tensor, importance: Tensor):
+            return loss_and_grad(W, b, x, importance, groups, reduction, traceable=True)
+
+        name = "loss_and_grad_" + hashlib.blake2b(repr(key).encode(), digest_size=4).hexdigest()
+        return torch.compile(with_own_code(step, name), dynamic=False)
+
+    return compile_once(key, build)
 
 
 class TMS(nn.Module):

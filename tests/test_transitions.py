@@ -1,4 +1,5 @@
-"""devtms.transitions on synthetic curves with planted drops and jumps at known checkpoints."""
+"""devtms.transitions and devtms.smoothing on synthetic curves with planted drops and jumps at known
+checkpoints."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from devtms import transitions as tr
 from devtms.schedule import checkpoint_steps
+from devtms.smoothing import local_linear
 
 STEPS = np.array(checkpoint_steps(20000, log_points=60))  # 0, 1, 2, ..., 20000: 55 checkpoints
 X = np.log10(np.maximum(STEPS, 1))
@@ -185,6 +187,6 @@ def test_alignment_lags_of_planted_offsets(offset):
 
 def test_local_linear_recovers_a_line_exactly():
     x = np.log10(STEPS[1:].astype(float))
-    value, slope, L = tr.local_linear(x, 2.0 - 0.7 * x, bandwidth=0.1)
+    value, slope, L = local_linear(x, 2.0 - 0.7 * x, bandwidth=0.1)
     assert np.allclose(value, 2.0 - 0.7 * x) and np.allclose(slope, -0.7)
     assert np.allclose(L.sum(1), 1.0)

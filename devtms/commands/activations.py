@@ -9,7 +9,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "activations", help="list the activation variants and their properties",
         description="The 27 activation variants of the activation-function studies (numbered "
-                    "as in SCIENCE.md) and the two controls, with their properties.",
+                    "as in docs/science.md) and the two controls, with their properties.",
     )
     p.set_defaults(func=run)
 

@@ -1,6 +1,6 @@
 """The SGLD sampler behind devtms's LLC estimates: one update rule and one fused, batched TMS step.
 
-The update (SCIENCE.md section 4; devinterp's SGLD, Lau et al. 2023), for every parameter w:
+The update (docs/science.md, the LLC and SGLD; devinterp's SGLD, Lau et al. 2023), for every parameter w:
 
     w <- w - eps/2 * (n_beta * grad L_batch(w) + gamma * (w - w*)) + sqrt(eps) * Normal(0, 1)
 
@@ -25,10 +25,9 @@ Why the step is written the way it is:
   every chain's arithmetic is the same whichever other chains share the tensor: an estimate's
   numbers do not depend on its chunk (a batched matmul's would: its blocking and threading
   depend on the whole shape).
-- dL/dpre is hand-written for elementwise activations (`activations.ELEMENTWISE_SLOPES`,
-  checked against autograd in tests/test_activations.py); the over-features activations
-  (softmax, solu, ...) use the registry's own vjp (plain tensor ops, also checked against
-  autograd).
+- dL/dpre is hand-written: each elementwise activation's `slope` and the over-features
+  activations' (softmax, solu, ...) vjp in the registry, plain tensor ops, checked against
+  autograd in tests/test_activations.py.
 - Under torch.compile the whole step (forward, gradient, update, health mask, MALA terms)
   becomes one fused C++ loop nest per activation; without it the same code runs eagerly.
 - A chain whose minibatch loss is not finite or exceeds its `limit` is marked dead, reset to w*
@@ -46,8 +45,8 @@ from dataclasses import dataclass
 
 import torch
 
-from devtms.activations import ELEMENTWISE_SLOPES, Activation, get_activation
-from devtms.compiling import LOCK, with_own_code
+from devtms.activations import Activation, get_activation
+from devtms.compiling import compile_once, with_own_code
 
 Tensor = torch.Tensor
 
@@ -66,42 +65,30 @@ def sgld_update(w: Tensor, grad: Tensor, w_star: Tensor, noise: Tensor, eps: Ten
     return w - (0.5 * eps) * dws + (eps ** 0.5) * noise, dws
 
 
-def _features_last(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """Apply a registry function to chain-layout preactivations (I, B, n, P): features go last."""
-    return lambda z: fn(z.transpose(-1, -2)).transpose(-1, -2)
-
-
 def value_and_vjp(act: Activation) -> Callable[[Tensor], tuple[Tensor, Callable[[Tensor], Tensor],
                                                              tuple[Tensor, ...]]]:
     """act -> (z -> (f(z), v -> v^T df/dz, reused)) for preactivations z in chain layout
-    (I, B, n, P).
+    (I, B, n, P), differentiated as `Activation.pullback` chooses (traceable form).
 
-    Elementwise activations with a hand-written slope: v * f'(z), and `reused` = (f(z),), which
-    more than one of the step's loops reads: materialized under torch.compile, it is computed
-    once instead of in each loop (mish 1.9x, silu 1.5x faster; materializing f'(z) as well
-    was slower). The over-features ones: the registry's own vjp (plain tensor ops), features
-    moved last. Otherwise (a new activation without a slope or vjp): torch.func.vjp of
-    the registry's function. Neither has anything to reuse.
+    Elementwise activations: v * f'(z), and `reused` = (f(z),), which more than one of the
+    step's loops reads: materialized under torch.compile, it is computed once instead of in
+    each loop (mish 1.9x, silu 1.5x faster; materializing f'(z) as well was slower). The
+    over-features ones act along the features, which chain layout keeps second to last: they
+    see them moved last. Neither has anything else to reuse.
     """
-    slope = ELEMENTWISE_SLOPES.get(act.name) if not act.over_features else None
-    if slope is not None:
+    if not act.over_features:
         def elementwise(z: Tensor):
             out = act.fn(z)
-            s = slope(z, out)
-            return out, lambda v: v * s, (out,)
+            return out, act.pullback(z, out, traceable=True), (out,)
         return elementwise
-    fn = _features_last(act.fn)
-    if act.over_features and act.vjp_fn is not None:
-        def written(z: Tensor):
-            out = fn(z)
-            return out, lambda v: act.vjp_fn(v.transpose(-1, -2), z.transpose(-1, -2),
-                                             out.transpose(-1, -2)).transpose(-1, -2), ()
-        return written
 
-    def generic(z: Tensor):
-        out, vjp = torch.func.vjp(fn, z)
-        return out, lambda v: vjp(v)[0], ()
-    return generic
+    def over_features(z: Tensor):
+        z_last = z.transpose(-1, -2)  # (I, B, P, n)
+        out = act.fn(z_last)
+        back = act.pullback(z_last, out, traceable=True)
+        return (out.transpose(-1, -2),
+                lambda v: back(v.transpose(-1, -2)).transpose(-1, -2), ())
+    return over_features
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,27 +234,23 @@ def tms_sgld_step(act: Activation, bias: bool, W: Tensor, b: Tensor, W0: Tensor,
 # Compiled or eager: one step function per (activation, bias)
 
 STEP_OUTPUTS = 9  # what `tms_sgld_step` returns without `materialize`
-_COMPILED: dict[tuple[str, bool, bool], Callable[..., tuple[Tensor, ...]]] = {}
 
 
 def step_function(activation: str, bias: bool, compiled: bool) -> Callable[..., tuple[Tensor, ...]]:
-    """The step for one activation: `fn(*state, x, imp, noise_W, noise_b, hp)`.
+    """The step for one activation: `fn(*state, x, imp, noise, hp)`.
 
     compiled=True wraps it in torch.compile (dynamic shapes: one compile per activation, n and
     m, reused for every chunk; cached on disk by torch across processes).
     """
-    key = (activation, bias, compiled)
-    with LOCK:
-        if key not in _COMPILED:
-            act = get_activation(activation)
+    act = get_activation(activation)
 
-            def step(*args: Tensor) -> tuple[Tensor, ...]:
-                return tms_sgld_step(act, bias, *args, materialize=compiled)
+    def step(*args: Tensor) -> tuple[Tensor, ...]:
+        return tms_sgld_step(act, bias, *args, materialize=compiled)
 
-            if compiled:
-                step = with_own_code(step, f"sgld_step_{activation}_{int(bias)}")
-            _COMPILED[key] = _compiled(step) if compiled else step
-        return _COMPILED[key]
+    if not compiled:
+        return step
+    return compile_once(("sgld_step", activation, bias),
+                        lambda: _compiled(with_own_code(step, f"sgld_step_{activation}_{int(bias)}")))
 
 
 def _compiled(fn: Callable[..., tuple[Tensor, ...]]) -> Callable[..., tuple[Tensor, ...]]:
