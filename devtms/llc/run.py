@@ -18,7 +18,7 @@ from devtms.llc.params import LLCParams
 from devtms.llc.plan import auto_chunk_size, plan_chunks
 from devtms.llc.request import LLCRequest, RunInputs
 from devtms.progress import progress_bar
-from devtms.store import LLC_CSV, RunDir
+from devtms.store import RunDir
 
 
 @dataclass
@@ -42,8 +42,7 @@ def run_llc(run: RunDir, request: LLCRequest, executor: Executor | None = None,
 
 def _estimate_pending(run: RunDir, request: LLCRequest, executor: Executor,
                       progress: bool) -> LLCSummary:
-    run.cut_torn_line(LLC_CSV)  # a torn row (damage from outside devtms) is estimated again
-    table = llc_table.read_llc_table(run)
+    table = llc_table.read_for_update(run)
     done = llc_table.done_pairs(table, request.params, request.engine)
     wanted = [(i, s) for i in request.instances for s in request.steps]
     pending = [pair for pair in wanted if pair not in done]

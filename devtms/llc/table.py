@@ -76,6 +76,13 @@ def read_llc_table(run: RunDir, *, check_settings: bool = True) -> pd.DataFrame:
     return table
 
 
+def read_for_update(run: RunDir) -> pd.DataFrame:
+    """llc.csv as the LLC stage resumes it: a torn last row (damage from outside devtms) is
+    dropped first, so that its estimate is computed again."""
+    run.cut_torn_line(LLC_CSV)
+    return read_llc_table(run)
+
+
 def done_mask(table: pd.DataFrame, params: LLCParams, engine: str) -> pd.Series:
     """Rows of llc.csv computed with exactly these hyperparameters and engine."""
     if table.empty:
