@@ -20,10 +20,11 @@ from pathlib import Path
 from devtms.errors import UserError
 from devtms.report.figures.render import Rendered
 from devtms.report.format import slug
-from devtms.report.html import comparison_view, page, run_view
+from devtms.report.html import page
 from devtms.report.load import RunData
 from devtms.report.run_figures import comparison_figures, condition_figures, cross_figures
 from devtms.report.tables import runs_overview
+from devtms.report.views import comparison_view, run_view
 from devtms.store import REPORT_DIR, write_bytes_atomic
 
 MANIFEST = ".devtms-report-figures"  # what the last report wrote into its figures directory
