@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,12 @@ import torch
 
 from devtms import llc
 from devtms.errors import UserError
-from devtms.store import RunDir, write_bytes_atomic, write_csv_atomic
+from devtms.report.figures.calibration import calibration_figure
+from devtms.report.figures.render import PNG_DPI, figure_bytes
+from devtms.store import CALIBRATION_DIR, RunDir, write_bytes_atomic, write_csv_atomic
 
 Tensor = torch.Tensor
 
-CALIBRATION_DIR = "calibration"
 DEFAULT_EPS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
 DEFAULT_GAMMA = (1.0, 10.0, 100.0, 1000.0)
 MAX_DEFAULT_INSTANCES = 4
@@ -133,121 +133,12 @@ def run_calibration(run: RunDir, job: CalibrationJob) -> tuple[Path, Path]:
     table_path = out / f"step_{job.step:08d}.csv"
     write_csv_atomic(table_path, table)
     figure_path = out / f"step_{job.step:08d}.png"
+    model = inputs.config.model
+    d = llc.num_parameters(model.n_hidden, model.n_features, model.bias)
     n_betas = sorted(table["n_beta"].unique())
     for k, n_beta in enumerate(n_betas):
         path = figure_path if k == 0 else out / f"step_{job.step:08d}_nbeta_{n_beta:.4g}.png"
-        figure = plot_calibration(table[table["n_beta"] == n_beta], traces, job, inputs)
-        write_bytes_atomic(path, _png_bytes(figure))
+        figure = calibration_figure(table[table["n_beta"] == n_beta], traces, d)
+        write_bytes_atomic(path, figure_bytes(figure, "png", creator="devtms calibrate",
+                                              dpi=PNG_DPI))
     return table_path, figure_path
-
-
-def plot_calibration(table: pd.DataFrame, traces: dict[tuple[float, float, float], Tensor],
-                     job: CalibrationJob, inputs: llc.RunInputs):
-    """Top: one panel per (gamma, eps) with n_beta (mean chain loss - init loss) over SGLD steps
-    per instance; bottom: LLC per cell as a heatmap per instance. -> matplotlib Figure"""
-    with warnings.catch_warnings():  # all-diverged cells: means of empty slices are NaN, fine
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return _plot(table, traces, job, inputs)
-
-
-def _plot(table: pd.DataFrame, traces: dict[tuple[float, float, float], Tensor],
-          job: CalibrationJob, inputs: llc.RunInputs):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epss = sorted(table["eps"].unique())
-    gammas = sorted(table["gamma"].unique())
-    n_beta = float(table["n_beta"].iloc[0])
-    instances = job.instances
-    cell0 = job.cells[0]
-    colors = plt.get_cmap("tab10")
-    acts = inputs.table.set_index("instance")["activation"]
-    d = llc.num_parameters(inputs.config.model.n_hidden, inputs.config.model.n_features,
-                           inputs.config.model.bias)
-
-    n_rows, n_cols = len(gammas), len(epss)
-    heat_cols = len(instances)
-    fig = plt.figure(figsize=(max(2.6 * n_cols, 3.2 * heat_cols) + 1.0, 2.1 * n_rows + 3.4),
-                     layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[2.1 * n_rows, 3.0])
-    axes = np.atleast_2d(top.subplots(n_rows, n_cols, sharex=True, squeeze=False))
-    init = {}
-    for r, gamma in enumerate(reversed(gammas)):
-        for c, eps in enumerate(epss):
-            ax = axes[r, c]
-            loss = traces[(eps, gamma, n_beta)]  # (I, C, T)
-            cells = table[(table["eps"] == eps) & (table["gamma"] == gamma)].set_index("instance")
-            for k, instance in enumerate(instances):
-                init[instance] = float(cells.loc[instance, "init_loss"])
-                mean = np.nanmean(loss[k].double().numpy(), axis=0)  # (T,)
-                y = n_beta * (mean - init[instance])
-                ax.plot(np.arange(len(y)), y, color=colors(k % 10), lw=1.0,
-                        label=f"{instance} ({acts[instance]})")
-            ax.axhline(0.0, color="black", ls="--", lw=0.8)
-            ax.axvspan(0, cell0.burnin, color="0.9", zorder=0)
-            bad = cells[~cells["healthy"].astype(bool)]
-            title = f"eps={eps:g}, gamma={gamma:g}"
-            if len(bad):
-                title += f"  [{len(bad)} unhealthy]"
-            ax.set_title(title, fontsize=8, color="firebrick" if len(bad) else "black")
-            ax.tick_params(labelsize=7)
-            finite = np.concatenate([
-                n_beta * (np.nanmean(traces[(eps, gamma, n_beta)][k].double().numpy(), axis=0)
-                          - init[i]) for k, i in enumerate(instances)])
-            finite = finite[np.isfinite(finite)]
-            if finite.size:
-                lo, hi = np.percentile(finite, [1, 99])
-                span = max(hi - lo, 1e-3)
-                ax.set_ylim(min(lo, 0) - 0.1 * span, max(hi, 0) + 0.1 * span)
-            if r == n_rows - 1:
-                ax.set_xlabel("SGLD step", fontsize=8)
-            if c == 0:
-                ax.set_ylabel("n_beta (loss - init)", fontsize=8)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    top.legend(handles, labels, loc="outside upper right", fontsize=8, ncols=len(instances),
-               title="instance (activation); dashed: init loss, grey: burn-in",
-               title_fontsize=8)
-    top.suptitle(f"mean loss trace per cell, step {job.step}, n_beta={n_beta:.4g}, "
-                 f"{cell0.chains} chains", fontsize=10)
-
-    hax = np.atleast_1d(bottom.subplots(1, heat_cols, squeeze=False)[0])
-    for k, instance in enumerate(instances):
-        ax = hax[k]
-        sub = table[table["instance"] == instance]
-        grid = sub.pivot(index="gamma", columns="eps", values="llc_mean").reindex(
-            index=list(reversed(gammas)), columns=epss)
-        healthy = sub.pivot(index="gamma", columns="eps", values="healthy").reindex(
-            index=list(reversed(gammas)), columns=epss)
-        values = grid.to_numpy(dtype=float)
-        finite = values[np.isfinite(values)]
-        vmax = max(float(np.percentile(np.abs(finite), 95)) if finite.size else 1.0, 1e-6)
-        im = ax.imshow(np.clip(values, -vmax, vmax), cmap="RdBu_r", vmin=-vmax, vmax=vmax,
-                       aspect="auto")
-        for (r, c), v in np.ndenumerate(values):
-            ok = bool(healthy.iloc[r, c]) if not pd.isna(healthy.iloc[r, c]) else False
-            text = "nan" if not np.isfinite(v) else f"{v:.3g}"
-            ax.text(c, r, text + ("" if ok else "\n(x)"), ha="center", va="center", fontsize=7,
-                    color="black" if ok else "firebrick")
-        ax.set_xticks(range(len(epss)), [f"{e:g}" for e in epss], fontsize=7, rotation=30)
-        ax.set_yticks(range(len(gammas)), [f"{g:g}" for g in reversed(gammas)], fontsize=7)
-        ax.set_xlabel("eps", fontsize=8)
-        if k == 0:
-            ax.set_ylabel("gamma", fontsize=8)
-        ax.set_title(f"LLC, instance {instance} ({acts[instance]}); d/2 = {d / 2:g}", fontsize=8)
-        bottom.colorbar(im, ax=ax, shrink=0.8)
-    bottom.suptitle("LLC per cell ((x): unhealthy: diverged, negative or above d/2)",
-                    fontsize=10)
-    return fig
-
-
-def _png_bytes(figure) -> bytes:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    return buffer.getvalue()

@@ -6,6 +6,7 @@
       checkpoints/        step_00001000.safetensors: all instances stacked (W, b, optimizer state)
       train_log.csv       step, instance, loss
       llc.csv, llc_traces/, geometry.csv, transitions.csv, summary.csv, report/   (later stages)
+      calibration/        step_<S>.csv and .png of `devtms calibrate` (optional)
 
 Guarantees:
 - every write goes to a temporary file in the same directory, is fsynced, then renamed over
@@ -54,6 +55,7 @@ GEOMETRY_CSV = "geometry.csv"
 TRANSITIONS_CSV = "transitions.csv"
 SUMMARY_CSV = "summary.csv"
 REPORT_DIR = "report"
+CALIBRATION_DIR = "calibration"
 LOCK = ".lock"
 
 # The command that rewrites each run table: what the message about a damaged one says to run.

@@ -8,16 +8,18 @@ One tiny run is trained once through the real CLI (3 activations x 2 seeds, an l
 from __future__ import annotations
 
 import base64
-import html
-import importlib.util
 import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from markupsafe import escape
 from PIL import Image
 
 from .conftest import run_cli
@@ -53,8 +55,6 @@ batch_size = 50
 """
 
 ACTIVATIONS = ["relu", "exp", "linear"]
-HAS_ANALYZE = importlib.util.find_spec("devtms.commands.analyze") is not None
-HAS_LLC = importlib.util.find_spec("devtms.commands.llc") is not None
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +69,11 @@ def trained(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def analyzed(trained: Path, tmp_path_factory) -> Path:
-    """The run after every later stage that exists in this devtms (llc, analyze)."""
+    """The run after every later stage (llc, analyze)."""
     run = tmp_path_factory.mktemp("analyzed") / "run"
     shutil.copytree(trained, run)
-    if HAS_LLC:
-        result = run_cli("llc", run)
-        assert result.returncode == 0, result.stderr
-    if HAS_ANALYZE:
-        result = run_cli("analyze", run)
+    for stage in ("llc", "analyze"):
+        result = run_cli(stage, run)
         assert result.returncode == 0, result.stderr
     return run
 
@@ -189,19 +186,12 @@ def test_full_report_is_self_contained_and_shows_every_activation(analyzed: Path
     assert f"{len(diverged)} training instance(s) diverged" in health
     for i in diverged:
         assert re.search(rf"<td data-v=\"{float(i)!r}\">{i}</td>", health)
-    if HAS_ANALYZE:
-        assert "from summary.csv" in text
-    if HAS_LLC:
-        assert "llc_grid" in stems and "llc_vs_loss" in stems
-        assert "LLC hyperparameters that produced the estimates" in text
-    else:
-        assert "no LLC estimates yet" in text
+    assert "from summary.csv" in text
+    assert "llc_grid" in stems and "llc_vs_loss" in stems
+    assert "LLC hyperparameters that produced the estimates" in text
 
 
-@pytest.mark.skipif(not HAS_LLC, reason="`devtms llc` is not in this devtms yet")
 def test_unhealthy_llc_estimates_are_listed_with_their_reason(analyzed: Path, full_report: Path):
-    import pandas as pd
-
     text = full_report.read_text()
     llc = pd.read_csv(analyzed / "llc.csv")
     healthy = llc["healthy"].astype(str).str.lower().isin(["true", "1"])
@@ -210,7 +200,7 @@ def test_unhealthy_llc_estimates_are_listed_with_their_reason(analyzed: Path, fu
     assert not healthy.all()
     assert f"{int((~healthy).sum())} of {len(llc)} LLC estimates are flagged unhealthy" in text
     for reason in llc.loc[~healthy, "reason"].dropna().unique():
-        assert html.escape(str(reason)) in text
+        assert escape(str(reason)) in text
     listing = text[text.index("Every unhealthy estimate"):]
     listing = listing[:listing.index("</details>")]
     assert listing.count("<tr>") == 1 + int((~healthy).sum())  # header + one row each
@@ -245,6 +235,60 @@ def test_several_runs_make_one_comparison_report_then_one_run_replaces_it(
     assert "run `devtms analyze" in text and "provisional" in text
     assert sorted(r[0] for r in summary_rows(page)) == sorted(ACTIVATIONS)
     assert not (trained / "report").exists()  # --out elsewhere: nothing written into the run
+
+
+def test_text_from_the_run_is_escaped_not_interpreted(analyzed: Path, tmp_path, capsys):
+    """A run directory's name and an LLC reason are data: shown as written, never markup."""
+    from devtms.cli import main
+
+    name = "<img src=x onerror=alert(1)>"
+    reason = '<script>alert("reason")</script> & more'
+    run = tmp_path / name
+    shutil.copytree(analyzed, run, ignore=shutil.ignore_patterns("report"))
+    llc = pd.read_csv(run / "llc.csv")
+    llc.loc[(~llc["healthy"]).idxmax(), "reason"] = reason
+    llc.to_csv(run / "llc.csv", index=False)
+    assert main(["report", str(run)]) == 0, capsys.readouterr().err
+    text, page = parse(run / "report" / "index.html")
+    assert_self_contained(text, page)
+    assert name not in text and reason not in text
+    assert escape(name) in text and escape(reason) in text
+    assert [tag for tag, _ in page.tags].count("script") == 1  # the table-sorting script only
+    assert not any(tag == "img" and attrs.get("src") == "x" for tag, attrs in page.tags)
+    cells = {cell for table in page.tables for row in table for cell in row}
+    assert reason in cells  # shown as written
+
+
+def test_importing_and_drawing_leave_matplotlib_state_alone():
+    """The house style is applied per figure (rc_context), never at import: rcParams and the
+    backend stay as the importer had them, and pyplot is never imported."""
+    code = """
+import sys
+import matplotlib
+import pandas as pd
+
+def raw_rc():  # rcParams._get: reading "backend" through [] would choose a backend
+    return {key: matplotlib.rcParams._get(key) for key in matplotlib.rcParams}
+
+before = raw_rc()
+import devtms.calibrate
+import devtms.report
+from devtms.report.figures import calibration, compare, condition, geometry, trajectories
+from devtms.report.figures.grids import loss_grid
+from devtms.report.figures.layout import Panel
+from devtms.report.figures.render import figure_bytes
+
+assert raw_rc() == before, "importing changed rcParams"
+curves = pd.DataFrame({"condition": "relu", "seed": 0, "step": [0, 10, 100],
+                       "loss": [1.0, 0.5, 0.1]})
+fig = loss_grid(curves, [Panel("relu", "relu", "relu", [0])], 100, "title")
+assert figure_bytes(fig, "png", creator="test").startswith(b"\\x89PNG")
+assert raw_rc() == before, "drawing changed rcParams (or chose a backend)"
+assert "matplotlib.pyplot" not in sys.modules
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("case", ["missing", "not_a_run", "untrained", "file", "bad_out",

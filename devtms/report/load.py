@@ -1,0 +1,197 @@
+"""Reading a run for the report: `load_run(path) -> RunData`. Validates; never writes.
+
+Where each table comes from:
+- instances.csv, train_log.csv, checkpoints: `devtms train`;
+- llc.csv through devtms.llc.table.read_llc_table (healthy already a bool, reason text);
+  the figures plot one LLC setting of it (`plotted_llc`);
+- geometry.csv, transitions.csv, summary.csv: `devtms analyze`. Without geometry.csv the
+  geometry is computed from the checkpoints by analyze's own function (update_geometry), not
+  written; without transitions.csv no transitions are marked and the summary is provisional.
+
+A *condition* is everything an instance is but its seed (activation, and sparsity, importance
+ratio, ... where the run sweeps them): per-condition figures overlay the seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from devtms import geometry as geo
+from devtms.analyze import update_geometry
+from devtms.errors import UserError
+from devtms.llc.params import SETTING_COLUMNS
+from devtms.llc.table import read_llc_table
+from devtms.report.figures.layout import Panel
+from devtms.report.figures.style import activation_order, style
+from devtms.report.format import MISSING, fmt
+from devtms.store import GEOMETRY_CSV, SUMMARY_CSV, TRAIN_LOG, TRANSITIONS_CSV, RunDir
+
+CONDITION_FIELDS = ("activation", "n_features", "n_hidden", "data", "sparsity",
+                    "importance_ratio", "n_samples")
+SHORT = {"sparsity": "S", "importance_ratio": "r", "n_features": "n", "n_hidden": "m",
+         "data": "data", "n_samples": "N"}
+
+
+@dataclass
+class RunData:
+    """Everything the report shows about one run, read from its directory."""
+
+    run: RunDir
+    name: str
+    instances: pd.DataFrame  # instances.csv + condition, title, family
+    panels: list[Panel]  # one per condition, in family order
+    train_log: pd.DataFrame  # step, instance, loss
+    steps: list[int]  # checkpoint steps
+    llc: pd.DataFrame | None  # the plotted setting's rows of llc.csv (see display_llc)
+    geometry: pd.DataFrame  # geometry.csv, or computed from the checkpoints
+    geometry_source: str  # "analyze" or "report"
+    transitions: pd.DataFrame | None
+    summary: pd.DataFrame | None
+    diverged: list[int]
+    notes: list[str] = field(default_factory=list)  # stages not run, with what to do
+    llc_all: pd.DataFrame | None = None  # every row of llc.csv, every setting
+    llc_setting: dict[str, Any] = field(default_factory=dict)  # the plotted one
+
+    @property
+    def m(self) -> int:
+        return int(self.instances["n_hidden"].iloc[0])
+
+    @property
+    def max_step(self) -> int:
+        return int(self.steps[-1])
+
+
+def load_run(path: Path) -> RunData:
+    """Open and read a trained run directory. Bad input raises UserError; nothing is written."""
+    run = RunDir.open(Path(path))
+    steps = run.checkpoint_steps()
+    train_log = run.read_table(TRAIN_LOG)
+    if not steps or train_log is None or not len(train_log):
+        raise UserError(f"{path} has not been trained yet (no checkpoints or no {TRAIN_LOG}): "
+                        f"run `devtms train CONFIG --out {path}` first")
+    instances = _with_conditions(run.instances)
+    if instances["n_hidden"].nunique() != 1:
+        raise UserError(f"{path}: instances with different n_hidden in one run are not supported "
+                        "by the report")
+    notes = []
+    if not run.stage_done("train"):
+        notes.append(f"training is incomplete (last checkpoint at step {steps[-1]}): the report "
+                     f"shows what exists; resume with `devtms train CONFIG --out {path} --resume`")
+    llc_all = display_llc(read_llc_table(run, check_settings=False))
+    llc, setting = plotted_llc(llc_all, run)
+    if llc is None:
+        notes.append(f"no LLC estimates yet: run `devtms llc {path}`")
+    geometry = run.read_table(GEOMETRY_CSV)
+    source = "analyze"
+    if geometry is None:  # analyze has not run: its geometry, computed here, not written
+        geometry, source = update_geometry(run, None, geo.DEFAULT), "report"
+    transitions = run.read_table(TRANSITIONS_CSV)
+    summary = run.read_table(SUMMARY_CSV)
+    if transitions is None or summary is None:
+        notes.append(f"no transition analysis yet (transitions.csv, summary.csv): run "
+                     f"`devtms analyze {path}`; geometry is computed from the checkpoints and "
+                     "the summary table is provisional")
+    diverged = [int(i) for i in run.stage("train").get("diverged", [])]
+    if llc_all is not None and len(llc) < len(llc_all):
+        notes.append(f"llc.csv holds estimates of several LLC settings: the figures show "
+                     f"{setting_text(setting)}; all settings are listed under provenance")
+    return RunData(run, Path(path).resolve().name, instances, _panels(instances), train_log,
+                   steps, llc, geometry, source, transitions, summary, diverged, notes,
+                   llc_all, setting)
+
+
+def _with_conditions(instances: pd.DataFrame) -> pd.DataFrame:
+    """Add condition (key), title and family: the instance without its seed."""
+    inst = instances.copy()
+    varying = [c for c in CONDITION_FIELDS if c in inst and c != "activation"
+               and inst[c].nunique() > 1]
+
+    def title(row: pd.Series) -> str:
+        parts = [f"{SHORT.get(c, c)}={fmt(row[c])}" for c in varying]
+        return " ".join([str(row["activation"]), *parts])
+
+    inst["title"] = inst.apply(title, axis=1) if len(inst) else []
+    inst["condition"] = inst["title"]
+    inst["family"] = [style(a).family for a in inst["activation"]]
+    return inst
+
+
+def _panels(instances: pd.DataFrame) -> list[Panel]:
+    order = {a: i for i, a in enumerate(activation_order(instances["activation"].unique()))}
+    firsts = instances.drop_duplicates("condition").copy()
+    firsts["_rank"] = firsts["activation"].map(order)
+    sort = ["_rank", *[c for c in CONDITION_FIELDS if c in firsts and c != "activation"]]
+    firsts = firsts.sort_values(sort, kind="stable")
+    return [Panel(row.condition, row.title, row.activation,
+                  sorted(instances.loc[instances["condition"] == row.condition, "seed"].unique()
+                         .tolist()))
+            for row in firsts.itertuples()]
+
+
+def display_llc(llc: pd.DataFrame) -> pd.DataFrame | None:
+    """llc.csv (as read_llc_table reads it) as the report shows it; None when it has no rows.
+
+    A non-finite estimate is never shown healthy (reason "non-finite estimate"), a flagged one
+    without a reason says so, and llc_std is present (NaN where llc.csv lacks it).
+    """
+    if llc.empty:
+        return None
+    llc = llc.copy()
+    bad = ~np.isfinite(pd.to_numeric(llc["llc_mean"], errors="coerce").to_numpy(float))
+    llc.loc[bad & llc["healthy"].to_numpy(), "reason"] = "non-finite estimate"
+    llc.loc[bad, "healthy"] = False
+    llc.loc[~llc["healthy"] & (llc["reason"] == ""), "reason"] = "flagged (no reason given)"
+    if "llc_std" not in llc:
+        llc["llc_std"] = np.nan
+    return llc
+
+
+def plotted_llc(llc: pd.DataFrame | None, run: RunDir) -> tuple[pd.DataFrame | None, dict]:
+    """The rows of the one LLC setting the figures show, and that setting.
+
+    Preference: the setting of the run's [llc] config (eps, gamma, chains, draws, burn-in), then
+    the batched engine, then the most estimates.
+    """
+    if llc is None:
+        return None, {}
+    cols = [c for c in SETTING_COLUMNS if c in llc]
+    if not cols:
+        return llc, {}
+    keyed = llc.assign(_key=[tuple(r) for r in llc[cols].astype(str).itertuples(index=False)])
+    cfg = run.config.llc
+    wanted = {"eps": cfg.eps, "gamma": cfg.gamma, "num_chains": cfg.chains,
+              "num_draws": cfg.draws, "burnin": cfg.burnin}
+
+    def score(rows: pd.DataFrame) -> tuple:
+        first = rows.iloc[0]
+        matches = all(c not in rows or same_value(first[c], v) for c, v in wanted.items())
+        return (matches, str(first.get("engine", "")) == "batched", len(rows))
+
+    groups = list(keyed.groupby("_key", sort=False))
+    _, best = max(groups, key=lambda kv: score(kv[1]))
+    setting = {c: best.iloc[0][c] for c in cols}
+    return best.drop(columns="_key"), setting
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal settings values: floats within rounding, missing (NaN, None, "—") equal missing."""
+    def missing(x: Any) -> bool:
+        return x is None or (isinstance(x, str) and x == MISSING) or (
+            isinstance(x, float | np.floating) and np.isnan(x))
+
+    if missing(a) or missing(b):
+        return missing(a) and missing(b)
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def setting_text(setting: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {fmt(v)}" for k, v in setting.items())
