@@ -45,7 +45,7 @@ def styled(build: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-# family -> (colormap, members, in SCIENCE.md order within the family)
+# family -> (colormap, members, in docs/science.md order within the family)
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "ReLU-like": ("Blues", ("relu", "leaky_relu", "relu6", "relu_squared", "hardswish")),
     "smooth ReLU-like": ("Greens", ("gelu", "silu", "mish", "softplus", "elu", "celu", "selu")),
