@@ -30,9 +30,10 @@ from devtms.store import LLC_TRACES, RunDir, load_checkpoint_file
 REPO = Path(__file__).resolve().parents[1]
 
 # Every tensor in these tests is tiny: a second thread only adds contention, and on a busy
-# 2-core machine OpenMP's waiting makes a tiny training step 10-300x slower (a 200-step run:
-# 0.02 s on one thread, up to 8 s on two). One thread here and in every `devtms` this starts,
-# unless the environment says otherwise. Results never depend on it.
+# 2-core machine OpenMP's waiting makes tiny steps up to a few hundred times slower (the tiny
+# study's 200 training steps in-process: 0.02 s on one thread, 1-8 s on two). One thread here
+# and in every `devtms` these tests start, unless the environment says otherwise; no result
+# may depend on the thread count.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 

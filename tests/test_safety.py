@@ -35,8 +35,7 @@ class _Payload:
 
 
 def test_a_pickle_planted_as_a_checkpoint_is_rejected_without_running_it(tiny_run, tmp_path):
-    out = tiny_run
-    run_dir = _copy(out, tmp_path / "run")
+    run_dir = _copy(tiny_run, tmp_path / "run")
     marker = tmp_path / "pwned"
     target = run_dir / "checkpoints" / "step_00000100.safetensors"
     with open(target, "wb") as f:
@@ -47,7 +46,7 @@ def test_a_pickle_planted_as_a_checkpoint_is_rejected_without_running_it(tiny_ru
     result = run_cli("train", run_dir, "--resume")  # verifies, retrains from step 89
     assert result.returncode == 0, result.stderr
     assert not marker.exists()
-    assert_runs_identical(run_dir, out, files=["checkpoints/step_00000100.safetensors"])
+    assert_runs_identical(run_dir, tiny_run, files=["checkpoints/step_00000100.safetensors"])
     # a torch.save file (pickle inside a zip) is refused the same way
     torch.save({"W": torch.zeros(3)}, target)
     with pytest.raises(RunDirError, match="not a safetensors file"):
@@ -56,8 +55,7 @@ def test_a_pickle_planted_as_a_checkpoint_is_rejected_without_running_it(tiny_ru
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_damaged_checkpoints_are_named_and_repaired_by_resume(tiny_run, tmp_path, damage):
-    out = tiny_run
-    run_dir = _copy(out, tmp_path / "run")
+    run_dir = _copy(tiny_run, tmp_path / "run")
     target = run_dir / "checkpoints" / "step_00000200.safetensors"
     data = bytearray(target.read_bytes())
     if damage == "truncate":
@@ -70,12 +68,11 @@ def test_damaged_checkpoints_are_named_and_repaired_by_resume(tiny_run, tmp_path
         RunDir.open(run_dir).load_checkpoint(200)
     result = run_cli("train", run_dir, "--resume")
     assert result.returncode == 0, result.stderr
-    assert_runs_identical(run_dir, out, files=[f"checkpoints/{target.name}"])
+    assert_runs_identical(run_dir, tiny_run, files=[f"checkpoints/{target.name}"])
 
 
 def test_run_json_from_an_incompatible_version_is_refused(tiny_run, tmp_path):
-    out = tiny_run
-    run_dir = _copy(out, tmp_path / "run")
+    run_dir = _copy(tiny_run, tmp_path / "run")
     meta = json.loads((run_dir / "run.json").read_text())
     meta["format_version"] = 99
     (run_dir / "run.json").write_text(json.dumps(meta))
