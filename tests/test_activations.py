@@ -162,3 +162,19 @@ def test_hand_written_slope_equals_autograd_including_kinks(name):
     (expected,) = torch.autograd.grad(out.sum(), z)
     got = act.slope(z.detach(), out.detach())
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_the_activations_command_lists_every_variant_with_its_properties(capsys):
+    from devtms.cli import main
+
+    assert main(["activations"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[5:]]
+    assert [row[0] for row in rows[:27]] == [str(k) for k in range(1, 28)]  # numbered variants
+    rows = [row[1:] if row[0].isdigit() else row for row in rows]
+    assert [row[0] for row in rows] == list(REGISTRY) and len(rows) == len(ALL)
+    for name, *flags in rows:
+        act = REGISTRY[name]
+        expected = [act.bounded_above, act.bounded_below, act.smooth, act.monotone,
+                    act.over_features]
+        assert flags[:5] == ["yes" if f else "-" for f in expected], name
+        assert " ".join(flags[5:]) == " ".join(act.definition.split()), name

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every script end to end: about a minute
+
 REPO = Path(__file__).resolve().parents[1]
 
 # script -> every figure it writes (PNG names under OUT/figures)
@@ -38,7 +40,6 @@ def run_script(name: str, out: Path) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_analysis_script_runs_end_to_end_and_writes_its_figures(script: str,
                                                                 tmp_path: Path) -> None:
@@ -52,7 +53,6 @@ def test_analysis_script_runs_end_to_end_and_writes_its_figures(script: str,
     assert not list((tmp_path / "figures").glob("*.pdf")), "--no-pdf wrote PDFs"
 
 
-@pytest.mark.slow
 def test_a_rerun_skips_finished_training_and_llc(tmp_path: Path) -> None:
     first = run_script("chen2023_kgons.py", tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]

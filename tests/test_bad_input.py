@@ -22,19 +22,18 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TINY_TOML, run_cli
+from .conftest import TINY, run_cli, tiny_config
 from .forkcli import run_many
 
 ENV = {"OMP_NUM_THREADS": "1"}
 
 
-def tiny(*edits: tuple[str, str]) -> str:
-    """TINY_TOML with each (old, new) replaced once; the old text must be there."""
-    text = TINY_TOML
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new, 1)
-    return text
+CFG = "bad.toml"
+
+
+def config_file(**overrides) -> dict[str, str]:
+    """The case's config file: the tiny config's TOML with these overrides (see conftest)."""
+    return {CFG: tiny_config(**overrides).toml}
 
 
 @dataclass
@@ -45,63 +44,59 @@ class Case:
     files: dict[str, str] = field(default_factory=dict)  # extra files to create, name -> text
 
 
-CFG = "bad.toml"
 CASES = [
     # -- configs (train) --------------------------------------------------------------------
     Case("unknown activation", ["train", CFG],
-         "nope", {CFG: tiny(('"tanh"]', '"tanh", "nope"]'))}),
+         "nope", config_file(model={"activations": [*TINY["model"]["activations"], "nope"]})),
     Case("unknown preset", ["train", "no-such-preset"], "unknown preset 'no-such-preset'"),
     Case("config file missing", ["train", "missing.toml"], "config file not found"),
     Case("not TOML", ["train", CFG], "not valid TOML", {CFG: "name = \n[model\n"}),
     Case("wrong type: string for int", ["train", CFG], "model.n_features: expected an integer",
-         {CFG: tiny(("n_features = 5", 'n_features = "five"'))}),
+         config_file(model={"n_features": "five"})),
     Case("wrong type: bool for int", ["train", CFG], "train.steps: expected an integer",
-         {CFG: tiny(("steps = 300", "steps = true"))}),
+         config_file(train={"steps": True})),
     Case("wrong type: section not a table", ["train", CFG], "model: expected a table",
          {CFG: 'model = 3\n'}),
     Case("unknown key in a section", ["train", CFG], "train.stepz: unknown key",
-         {CFG: tiny(("steps = 300", "stepz = 300"))}),
+         config_file(train={"steps": None, "stepz": 300})),
     Case("unknown section", ["train", CFG], "unknown key 'modle'",
-         {CFG: tiny(("[model]", "[modle]"))}),
+         config_file(model=None, modle=TINY["model"])),
     Case("sparsity out of range", ["train", CFG], "data.sparsity = 1.5",
-         {CFG: tiny(('kind = "single-feature"', "sparsity = [0.5, 1.5]"))}),
-    Case("m >= n", ["train", CFG], "model.n_hidden = 5",
-         {CFG: tiny(("n_hidden = 2", "n_hidden = 5"))}),
+         config_file(data={"kind": None, "sparsity": [0.5, 1.5]})),
+    Case("m >= n", ["train", CFG], "model.n_hidden = 5", config_file(model={"n_hidden": 5})),
     Case("empty sweep of seeds", ["train", CFG], "train.seeds = []",
-         {CFG: tiny(("seeds = [0, 1]", "seeds = []"))}),
+         config_file(train={"seeds": []})),
     Case("empty sweep of activations", ["train", CFG], "model.activations = []",
-         {CFG: tiny(('activations = ["relu", "gelu", "softmax", "tanh"]', "activations = []"))}),
+         config_file(model={"activations": []})),
     Case("negative eps in config", ["train", CFG], "llc.eps = -0.001",
-         {CFG: tiny(("chains = 2", "chains = 2\neps = -0.001"))}),
+         config_file(llc={"eps": -0.001})),
     Case("chains = 0 in config", ["train", CFG], "llc.chains = 0",
-         {CFG: tiny(("chains = 2", "chains = 0"))}),
-    Case("lr = 0", ["train", CFG], "train.lr = 0.0",
-         {CFG: tiny(("lr = 0.1", "lr = 0.0"))}),
+         config_file(llc={"chains": 0})),
+    Case("lr = 0", ["train", CFG], "train.lr = 0.0", config_file(train={"lr": 0.0})),
     Case("unknown optimizer", ["train", CFG], "train.optimizer = 'rmsprop'",
-         {CFG: tiny(('optimizer = "sgd"', 'optimizer = "rmsprop"'))}),
+         config_file(train={"optimizer": "rmsprop"})),
     Case("duplicate seeds", ["train", CFG], "train.seeds = [0, 0]",
-         {CFG: tiny(("seeds = [0, 1]", "seeds = [0, 0]"))}),
+         config_file(train={"seeds": [0, 0]})),
     Case("momentum with adam", ["train", CFG], "train.momentum = 0.9",
-         {CFG: tiny(('optimizer = "sgd"', 'optimizer = "adam"'))}),
+         config_file(train={"optimizer": "adam"})),
     Case("kgon init needs m = 2", ["train", CFG], "train.init = 'kgon'",
-         {CFG: tiny(("n_hidden = 2", "n_hidden = 3"),
-                    ("seeds = [0, 1]", 'seeds = [0]\ninit = "kgon"'))}),
+         config_file(model={"n_hidden": 3}, train={"seeds": [0], "init": "kgon"})),
     # -- train: command line ------------------------------------------------------------------
     Case("train --resume --force", ["train", CFG, "--resume", "--force"], "contradict",
-         {CFG: TINY_TOML}),
+         config_file()),
     Case("train --out is a file", ["train", CFG, "--out", "{file}"], "is not a directory",
-         {CFG: TINY_TOML}),
+         config_file()),
     Case("train --out is a foreign directory", ["train", CFG, "--out", "{notrun}"],
-         "not a devtms run; refusing", {CFG: TINY_TOML}),
+         "not a devtms run; refusing", config_file()),
     Case("train onto an existing run", ["train", "{run}"], "pass --resume"),
     Case("train --resume with another config", ["train", CFG, "--out", "{run}", "--resume"],
-         "different config", {CFG: tiny(("lr = 0.1", "lr = 0.05"))}),
+         "different config", config_file(train={"lr": 0.05})),
     Case("train bad --device", ["train", CFG, "--device", "toaster"], "--device 'toaster'",
-         {CFG: TINY_TOML}),
+         config_file()),
     Case("train --device cuda without CUDA", ["train", CFG, "--device", "cuda"],
-         "CUDA is not available", {CFG: TINY_TOML}),
+         "CUDA is not available", config_file()),
     Case("train unknown flag", ["train", CFG, "--epochs", "3"], "unrecognized arguments",
-         {CFG: TINY_TOML}),
+         config_file()),
     # -- llc ------------------------------------------------------------------------------------
     Case("llc on a directory that is not a run", ["llc", "{notrun}"], "not a devtms run"),
     Case("llc on a missing directory", ["llc", "{missing}"], "is not a directory"),
@@ -167,28 +162,19 @@ CASES = [
     # -- study ----------------------------------------------------------------------------------
     Case("study bad preset", ["study", "no-such-preset"], "unknown preset 'no-such-preset'"),
     Case("study bad config", ["study", CFG], "model.n_hidden = 5",
-         {CFG: tiny(("n_hidden = 2", "n_hidden = 5"))}),
+         config_file(model={"n_hidden": 5})),
     Case("study bad --device", ["study", CFG, "--device", "toaster"], "--device 'toaster'",
-         {CFG: TINY_TOML}),
+         config_file()),
     Case("study --device cuda without CUDA", ["study", CFG, "--device", "cuda"],
-         "CUDA is not available", {CFG: TINY_TOML}),
+         "CUDA is not available", config_file()),
     Case("study into a foreign directory", ["study", CFG, "--out", "{notrun}"],
-         "not a devtms run; refusing", {CFG: TINY_TOML}),
+         "not a devtms run; refusing", config_file()),
     Case("study onto a run with another config", ["study", CFG, "--out", "{run}"],
-         "different config", {CFG: tiny(("lr = 0.1", "lr = 0.05"))}),
+         "different config", config_file(train={"lr": 0.05})),
     # -- the command itself -------------------------------------------------------------------
     Case("no command", [], "the following arguments are required: COMMAND"),
-    Case("unknown command", ["trian", CFG], "invalid choice: 'trian'", {CFG: TINY_TOML}),
+    Case("unknown command", ["trian", CFG], "invalid choice: 'trian'", config_file()),
 ]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("bad_input")
-    (root / "tiny.toml").write_text(TINY_TOML)
-    result = run_cli("train", root / "tiny.toml", "--out", root / "run", env=ENV)
-    assert result.returncode == 0, result.stderr
-    return root / "run"
 
 
 def make_workspace(case: Case, ws: Path, trained: Path) -> dict[str, str]:
@@ -240,8 +226,8 @@ def run_table(cases: list[Case], trained: Path, root: Path, fresh: bool = False)
 
 
 @pytest.fixture(scope="module")
-def outcomes(trained, tmp_path_factory):
-    return run_table(CASES, trained, tmp_path_factory.mktemp("cases"))
+def outcomes(tiny_run, tmp_path_factory):
+    return run_table(CASES, tiny_run, tmp_path_factory.mktemp("cases"))
 
 
 def test_the_table_is_comprehensive():
@@ -262,11 +248,11 @@ def test_bad_input_exits_2_with_one_line_naming_it_and_writes_nothing(outcomes, 
                              for k in set(before) | set(after) if before.get(k) != after.get(k)}
 
 
-def test_forked_rows_behave_as_fresh_interpreters(outcomes, trained, tmp_path):
+def test_forked_rows_behave_as_fresh_interpreters(outcomes, tiny_run, tmp_path):
     """The fork server is only a faster start: a few rows in fresh `python -m devtms.cli`."""
     sample = [c for c in CASES if c.id in ("unknown preset", "llc step without a checkpoint",
                                             "report with no runs")]
-    fresh = run_table(sample, trained, tmp_path, fresh=True)
+    fresh = run_table(sample, tiny_run, tmp_path, fresh=True)
     for case in sample:
         forked, fresh_result = outcomes[case.id][0], fresh[case.id][0]
         assert fresh_result.returncode == forked.returncode == 2

@@ -1,14 +1,12 @@
 """Configs: presets load, bad configs fail naming the field, the instance table is the sweep."""
 
-import tomllib
-
 import pytest
 
 from devtms.activations import ALL
 from devtms.config import config_from_dict, instance_table, load_config, preset_names
 from devtms.errors import UserError
 
-from .conftest import TINY_TOML
+from .conftest import tiny_config
 
 
 def test_all_presets_load_and_round_trip():
@@ -48,52 +46,38 @@ def test_instance_table_is_the_cross_product_with_activation_outermost():
     assert table["feature_probability"].iloc[-1] == pytest.approx(0.1)
 
 
-def _tiny():
-    return tomllib.loads(TINY_TOML)
-
-
-def _with(section, key, value):
-    raw = _tiny()
-    if section is None:
-        raw[key] = value
-    else:
-        raw.setdefault(section, {})[key] = value
-    return raw
-
-
 BAD = [
-    (_with(None, "modle", {}), "unknown key 'modle'"),
-    (_with("model", "n_featurs", 5), "model.n_featurs: unknown key"),
-    (_with("model", "n_features", "5"), "model.n_features: expected an integer"),
-    (_with("model", "n_features", 5.0), "model.n_features: expected an integer"),
-    (_with("model", "n_hidden", 5), "model.n_hidden = 5 is not allowed: must be smaller"),
-    (_with("model", "n_hidden", 7), "model.n_hidden = 7"),
-    (_with("model", "activations", ["rleu"]), "unknown activation 'rleu'"),
-    (_with("model", "activations", []), "model.activations"),
-    (_with("model", "reduction", "max"), "model.reduction = 'max'"),
-    (_with("model", "bias", "yes"), "model.bias: expected true or false"),
-    (_with("data", "kind", "gaussian"), "data.kind = 'gaussian'"),
-    (_with("data", "sparsity", [1.0]), "data.sparsity = 1.0"),
-    (_with("data", "sparsity", [-0.1]), "data.sparsity = -0.1"),
-    (_with("data", "sparsity", []), "data.sparsity"),
-    (_with("data", "importance_ratio", [0.0]), "data.importance_ratio = 0.0"),
-    (_with("data", "n_samples", -5), "data.n_samples = -5"),
-    (_with("train", "steps", 0), "train.steps = 0"),
-    (_with("train", "lr", -1e-3), "train.lr = -0.001"),
-    (_with("train", "optimizer", "lbfgs"), "train.optimizer = 'lbfgs'"),
-    (_with("train", "momentum", 1.5), "train.momentum = 1.5"),
-    (_with("train", "seeds", []), "train.seeds"),
-    (_with("train", "seeds", [1, 1]), "train.seeds"),
-    (_with("train", "batch_size", 0), "train.batch_size = 0"),
-    (_with("train", "compile", True), "train.compile"),
-    (_with("train", "compile", "yes"), "train.compile = 'yes'"),
-    (_with("train", "init", "kgon") | {"model": {"n_features": 5, "n_hidden": 3}},
-     "train.init = 'kgon'"),
-    (_with("checkpoints", "log_points", -1), "checkpoints.log_points = -1"),
-    (_with("llc", "eps", -1e-4), "llc.eps = -0.0001"),
-    (_with("llc", "chains", 0), "llc.chains = 0"),
-    (_with("llc", "gamma", -1.0), "llc.gamma = -1.0"),
-    (_with("llc", "draws", 0), "llc.draws = 0"),
+    (tiny_config(modle={}).raw, "unknown key 'modle'"),
+    (tiny_config(model={"n_featurs": 5}).raw, "model.n_featurs: unknown key"),
+    (tiny_config(model={"n_features": "5"}).raw, "model.n_features: expected an integer"),
+    (tiny_config(model={"n_features": 5.0}).raw, "model.n_features: expected an integer"),
+    (tiny_config(model={"n_hidden": 5}).raw, "model.n_hidden = 5 is not allowed: must be smaller"),
+    (tiny_config(model={"n_hidden": 7}).raw, "model.n_hidden = 7"),
+    (tiny_config(model={"activations": ["rleu"]}).raw, "unknown activation 'rleu'"),
+    (tiny_config(model={"activations": []}).raw, "model.activations"),
+    (tiny_config(model={"reduction": "max"}).raw, "model.reduction = 'max'"),
+    (tiny_config(model={"bias": "yes"}).raw, "model.bias: expected true or false"),
+    (tiny_config(data={"kind": "gaussian"}).raw, "data.kind = 'gaussian'"),
+    (tiny_config(data={"sparsity": [1.0]}).raw, "data.sparsity = 1.0"),
+    (tiny_config(data={"sparsity": [-0.1]}).raw, "data.sparsity = -0.1"),
+    (tiny_config(data={"sparsity": []}).raw, "data.sparsity"),
+    (tiny_config(data={"importance_ratio": [0.0]}).raw, "data.importance_ratio = 0.0"),
+    (tiny_config(data={"n_samples": -5}).raw, "data.n_samples = -5"),
+    (tiny_config(train={"steps": 0}).raw, "train.steps = 0"),
+    (tiny_config(train={"lr": -1e-3}).raw, "train.lr = -0.001"),
+    (tiny_config(train={"optimizer": "lbfgs"}).raw, "train.optimizer = 'lbfgs'"),
+    (tiny_config(train={"momentum": 1.5}).raw, "train.momentum = 1.5"),
+    (tiny_config(train={"seeds": []}).raw, "train.seeds"),
+    (tiny_config(train={"seeds": [1, 1]}).raw, "train.seeds"),
+    (tiny_config(train={"batch_size": 0}).raw, "train.batch_size = 0"),
+    (tiny_config(train={"compile": True}).raw, "train.compile"),
+    (tiny_config(train={"compile": "yes"}).raw, "train.compile = 'yes'"),
+    (tiny_config(train={"init": "kgon"}, model={"n_hidden": 3}).raw, "train.init = 'kgon'"),
+    (tiny_config(checkpoints={"log_points": -1}).raw, "checkpoints.log_points = -1"),
+    (tiny_config(llc={"eps": -1e-4}).raw, "llc.eps = -0.0001"),
+    (tiny_config(llc={"chains": 0}).raw, "llc.chains = 0"),
+    (tiny_config(llc={"gamma": -1.0}).raw, "llc.gamma = -1.0"),
+    (tiny_config(llc={"draws": 0}).raw, "llc.draws = 0"),
 ]
 
 
@@ -106,7 +90,7 @@ def test_bad_configs_name_the_field(raw, message):
 
 
 def test_sparsity_is_only_for_sparse_uniform():
-    raw = _with("data", "sparsity", [0.5])  # tiny is single-feature data
+    raw = tiny_config(data={"sparsity": [0.5]}).raw  # tiny is single-feature data
     with pytest.raises(UserError, match="data.sparsity"):
         config_from_dict(raw)
 

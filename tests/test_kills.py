@@ -8,12 +8,9 @@ import subprocess
 import sys
 import time
 
-import torch
+import pytest
 
-from devtms.llc import load_traces
-from devtms.store import load_checkpoint_file
-
-from .conftest import STUDY_TOML, run_cli
+from .conftest import STUDY, assert_runs_identical, run_cli, tiny_config
 from .killing import (
     holds_lock,
     integrity_problems,
@@ -23,40 +20,9 @@ from .killing import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow  # 30 kills of real processes: minutes
+
 ENV = {"OMP_NUM_THREADS": "1"}  # tiny tensors: threads only add contention
-
-
-def _same_run_files(a, b, names):
-    for name in names:
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
-
-
-def _same_checkpoints(a, b):
-    ref_ckpts = sorted(p.name for p in (a / "checkpoints").iterdir())
-    assert ref_ckpts == sorted(p.name for p in (b / "checkpoints").iterdir())
-    for name in ref_ckpts:
-        x = load_checkpoint_file(a / "checkpoints" / name)
-        y = load_checkpoint_file(b / "checkpoints" / name)
-        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
-
-
-def _traces_by_estimate(run):
-    """(engine, eps, instance, step) -> sampled losses; every estimate exactly once."""
-    out = {}
-    for params, tensors in load_traces(run):
-        for e, (i, s) in enumerate(zip(tensors["instance"].tolist(), tensors["step"].tolist(),
-                                       strict=True)):
-            key = (params["engine"], params["eps"], i, s)
-            assert key not in out, f"estimate {key} has traces in two files"
-            out[key] = tensors["loss"][e]
-    return out
-
-
-def _same_traces(a, b):
-    x, y = _traces_by_estimate(a), _traces_by_estimate(b)
-    assert x.keys() == y.keys()
-    assert all(torch.equal(x[k], y[k], ) if not x[k].isnan().any()
-               else torch.equal(x[k].isnan(), y[k].isnan()) for k in x)
 
 
 def _timed_run(args, run_dir):
@@ -71,29 +37,27 @@ def _timed_run(args, run_dir):
     return time.monotonic() - start, out
 
 
-def test_train_survives_ten_kills(tmp_path, tiny_config):
+def test_train_survives_ten_kills(tmp_path):
     """Kills land between checkpoints, during checkpoint writes, during the log's appends, ..."""
-    tiny_config.write_text(tiny_config.read_text().replace("steps = 300", "steps = 2500"))
+    config = tiny_config(train={"steps": 2500}).write(tmp_path / "tiny.toml")
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    work, _ = _timed_run(["train", tiny_config, "--out", reference], reference)
+    work, _ = _timed_run(["train", config, "--out", reference], reference)
     # about 40 % of the job in kills (at most 60 %: a reference slowed by a busy machine must
     # not leave kills beyond the end), timed from the lock so start-up speed does not matter
-    landed = kill_repeatedly(["train", tiny_config, "--out", killed, "--resume"], killed,
+    landed = kill_repeatedly(["train", config, "--out", killed, "--resume"], killed,
                              kills=10, seed=7, min_delay=0.02 * work, max_delay=0.06 * work,
                              from_lock=True, max_starts=14, env=ENV)
     assert landed == 10
-    result = run_cli("train", tiny_config, "--out", killed, "--resume", env=ENV)
+    result = run_cli("train", config, "--out", killed, "--resume", env=ENV)
     assert result.returncode == 0, result.stderr
     assert not integrity_problems(killed)
     assert not list(killed.rglob(".*.tmp"))
-    _same_run_files(reference, killed, ["train_log.csv", "instances.csv"])
-    _same_checkpoints(reference, killed)
+    assert_runs_identical(reference, killed, files=["train_log.csv", "instances.csv", "checkpoints"])
 
 
 def test_llc_survives_ten_kills(tmp_path):
     """Kills land while chunks are estimated, between a chunk's traces and its rows, ..."""
-    config = tmp_path / "study.toml"
-    config.write_text(STUDY_TOML)
+    config = STUDY.write(tmp_path / "study.toml")
     trained = tmp_path / "trained"
     assert run_cli("train", config, "--out", trained, env=ENV).returncode == 0
     reference, killed = tmp_path / "reference", tmp_path / "killed"
@@ -109,8 +73,7 @@ def test_llc_survives_ten_kills(tmp_path):
     result = run_cli("llc", killed, *args, env=ENV)
     assert result.returncode == 0, result.stderr
     assert not integrity_problems(killed) and not list(killed.rglob(".*.tmp"))
-    _same_run_files(reference, killed, ["llc.csv"])
-    _same_traces(reference, killed)
+    assert_runs_identical(reference, killed, files=["llc.csv", "llc_traces"])
     stages = [json.loads((r / "run.json").read_text())["stages"] for r in (reference, killed)]
     assert stages[0] == stages[1]
 
@@ -136,8 +99,7 @@ def _reached(proc, run_dir, target):
 def test_study_survives_ten_kills(tmp_path):
     """Each kill aims at a stage (in study order, as a study progresses): once the study
     reaches it, a random moment within the time the stage took in an uninterrupted run."""
-    config = tmp_path / "study.toml"
-    config.write_text(STUDY_TOML.replace("draws = 40", "draws = 300"))
+    config = STUDY.but(llc={"draws": 300}).write(tmp_path / "study.toml")
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     _, out = _timed_run(["study", config, "--out", reference], reference)
     took = {line.split()[0]: float(line.split()[1]) for line in out.splitlines()
@@ -161,10 +123,9 @@ def test_study_survives_ten_kills(tmp_path):
     result = run_cli("study", config, "--out", killed, env=ENV)
     assert result.returncode == 0, result.stderr
     assert not integrity_problems(killed) and not list(killed.rglob(".*.tmp"))
-    _same_run_files(reference, killed, ["instances.csv", "train_log.csv", "llc.csv",
-                                        "geometry.csv", "transitions.csv", "summary.csv"])
-    _same_checkpoints(reference, killed)
-    _same_traces(reference, killed)
+    assert_runs_identical(reference, killed, files=[
+        "instances.csv", "train_log.csv", "llc.csv", "geometry.csv", "transitions.csv",
+        "summary.csv", "checkpoints", "llc_traces"])
     meta = [json.loads((r / "run.json").read_text()) for r in (reference, killed)]
     assert meta[0]["stages"] == meta[1]["stages"] and meta[0]["config"] == meta[1]["config"]
     figures = [sorted(p.name for p in (r / "report" / "figures").iterdir())

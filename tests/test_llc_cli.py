@@ -16,7 +16,8 @@ import pytest
 from devtms.llc import COLUMNS, CONTRACT_COLUMNS
 from devtms.store import LLC_CSV, LLC_TRACES, RunDir
 
-from .conftest import REPO, TINY_TOML, run_cli
+from .conftest import REPO, assert_runs_identical, run_cli
+from .forkcli import run_many
 
 ENV = {"OMP_NUM_THREADS": "1"}  # tiny tensors: threads only add contention
 
@@ -27,19 +28,11 @@ def snapshot(path: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("llc_cli")
-    (root / "tiny.toml").write_text(TINY_TOML)
-    result = run_cli("train", root / "tiny.toml", "--out", root / "run", env=ENV)
-    assert result.returncode == 0, result.stderr
-    return root / "run"
-
-
 @pytest.fixture
-def run_copy(trained, tmp_path) -> Path:
+def run_copy(tiny_run, tmp_path) -> Path:
+    """The tiny run (conftest), to write to."""
     dest = tmp_path / "run"
-    shutil.copytree(trained, dest)
+    shutil.copytree(tiny_run, dest)
     return dest
 
 
@@ -86,17 +79,32 @@ BAD = [  # the table-driven sweep of every command lives in the reliability test
 ]
 
 
-@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a[2:]) or a[0] for a, _ in BAD])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(run_copy, tmp_path, argv, message):
-    notrun = tmp_path / "notrun"
-    notrun.mkdir()
-    args = [a.format(run=run_copy, missing=tmp_path / "missing", notrun=notrun) for a in argv]
-    before = snapshot(run_copy)
-    result = run_cli(*args, env=ENV)
+@pytest.fixture(scope="module")
+def bad_outcomes(tiny_run, tmp_path_factory) -> list[tuple]:
+    """Every BAD line at once, each on its own copy of the run, as real processes forked from
+    one interpreter (tests/forkcli.py). -> (result, snapshot before, snapshot after) per line"""
+    root = tmp_path_factory.mktemp("llc_bad")
+    lines, runs, befores = [], [], []
+    for k, (argv, _) in enumerate(BAD):
+        ws = root / f"case{k:02d}"
+        run, notrun = shutil.copytree(tiny_run, ws / "run"), ws / "notrun"
+        notrun.mkdir()
+        lines.append(([a.format(run=run, missing=ws / "missing", notrun=notrun) for a in argv], ws))
+        runs.append(run)
+        befores.append(snapshot(run))
+    results = run_many(lines, env=ENV)
+    return [(result, before, snapshot(run))
+            for result, before, run in zip(results, befores, runs, strict=True)]
+
+
+@pytest.mark.parametrize("k", range(len(BAD)), ids=[" ".join(a[2:]) or a[0] for a, _ in BAD])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(bad_outcomes, k):
+    message = BAD[k][1]
+    result, before, after = bad_outcomes[k]
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
-    assert snapshot(run_copy) == before
+    assert after == before
 
 
 def test_llc_refuses_a_run_whose_training_is_not_complete(run_copy):
@@ -108,16 +116,16 @@ def test_llc_refuses_a_run_whose_training_is_not_complete(run_copy):
     assert snapshot(run_copy) == before
 
 
-def test_killed_llc_resumes_to_exactly_the_uninterrupted_result(trained, tmp_path):
+@pytest.mark.slow  # a SIGKILL mid-job: ~17 s
+def test_killed_llc_resumes_to_exactly_the_uninterrupted_result(tiny_run, tmp_path):
     """SIGKILL after some chunks are written, rerun: the same llc.csv, byte for byte."""
     args = ["--chunk-size", "3", "--draws", "60"]
     clean = tmp_path / "clean"
-    shutil.copytree(trained, clean)
+    shutil.copytree(tiny_run, clean)
     assert run_cli("llc", clean, *args, env=ENV).returncode == 0
-    expected = (clean / LLC_CSV).read_bytes()
 
     killed = tmp_path / "killed"
-    shutil.copytree(trained, killed)
+    shutil.copytree(tiny_run, killed)
     env = {**os.environ, "TQDM_DISABLE": "1", **ENV}
     proc = subprocess.Popen([sys.executable, "-m", "devtms.cli", "llc", str(killed), *args],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL,
@@ -135,16 +143,16 @@ def test_killed_llc_resumes_to_exactly_the_uninterrupted_result(trained, tmp_pat
     assert 0 < len(partial) < len(pd.read_csv(clean / LLC_CSV))
     resumed = run_cli("llc", killed, *args, env=ENV)
     assert resumed.returncode == 0, resumed.stderr
-    assert (killed / LLC_CSV).read_bytes() == expected
+    assert_runs_identical(clean, killed, files=[LLC_CSV])
     assert f"{len(partial)} already in" in resumed.stdout
 
 
-def test_an_estimate_redone_alone_keeps_the_bits_of_its_chunk(run_copy):
+def test_an_estimate_redone_alone_keeps_the_bits_of_its_chunk(run_copy, tmp_path):
     """Softmax's feature sums follow the chunk's shape, so a rerun must cut the first run's
     chunks: rows missing from one chunk are computed in that chunk again, not on their own."""
     args = ["--chunk-size", "40", "--draws", "30", "--chains", "4"]  # two instances per chunk
     assert run_cli("llc", run_copy, *args, env=ENV).returncode == 0
-    expected = (run_copy / LLC_CSV).read_bytes()
+    first = shutil.copytree(run_copy, tmp_path / "first")
     run = RunDir.open(run_copy)
     softmax = int(run.instances.loc[run.instances["activation"] == "softmax", "instance"].iloc[0])
     table = pd.read_csv(run_copy / LLC_CSV)
@@ -152,7 +160,7 @@ def test_an_estimate_redone_alone_keeps_the_bits_of_its_chunk(run_copy):
     run.write_table(LLC_CSV, table[(table["instance"] != softmax) | ~late])
     redo = run_cli("llc", run_copy, *args, env=ENV)
     assert redo.returncode == 0, redo.stderr
-    assert (run_copy / LLC_CSV).read_bytes() == expected
+    assert_runs_identical(first, run_copy, files=[LLC_CSV])
 
 
 def test_calibrate_writes_a_table_and_a_figure(run_copy):

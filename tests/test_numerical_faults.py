@@ -18,7 +18,7 @@ import torch
 
 from devtms.store import load_checkpoint_file
 
-from .conftest import STUDY_TOML, run_cli
+from .conftest import STUDY, run_cli
 from .forkcli import run_many
 
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -26,17 +26,16 @@ ENV = {"OMP_NUM_THREADS": "1"}
 # Instances train in shards of 2 (relu, exp): the numbers of a shard depend on the shard only
 # (a batch of another composition may differ in the last float32 bit, diverged or not), so the
 # relu shard must be bit for bit the run without exp.
-FAULTY = (STUDY_TOML.replace('["relu", "tanh"]', '["relu", "exp"]').replace("lr = 0.1", "lr = 3.0")
-          .replace("seeds = [0, 1]", "seeds = [0, 1]\nshard_size = 2"))
-HEALTHY = FAULTY.replace('["relu", "exp"]', '["relu"]')  # the same run without the exp instances
+FAULTY = STUDY.but(model={"activations": ["relu", "exp"]}, train={"lr": 3.0, "shard_size": 2})
+HEALTHY = FAULTY.but(model={"activations": ["relu"]})  # the same run without the exp instances
 
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory) -> tuple[Path, Path]:
     """The faulty study and the same study without its exp instances, run side by side."""
     root = tmp_path_factory.mktemp("faults")
-    (root / "faulty.toml").write_text(FAULTY)
-    (root / "healthy.toml").write_text(HEALTHY)
+    FAULTY.write(root / "faulty.toml")
+    HEALTHY.write(root / "healthy.toml")
     results = run_many([(["study", "faulty.toml", "--out", "faulty"], root),
                         (["study", "healthy.toml", "--out", "healthy"], root)], env=ENV)
     for result in results:
@@ -138,15 +137,11 @@ def test_sgld_that_diverges_on_some_chains_is_flagged_and_spares_the_rest(studie
 
 def test_in_one_batch_a_diverging_instance_leaves_the_others_finite_and_unchanged():
     """Unsharded, the batch shape may move the last float32 bit, but nothing more."""
-    import tomllib
-
-    from devtms.config import config_from_dict, instance_table
+    from devtms.config import instance_table
     from devtms.train import BatchTrainer
 
     def train(activations):
-        raw = tomllib.loads(FAULTY)
-        raw["model"]["activations"], raw["train"]["shard_size"] = activations, 0
-        config = config_from_dict(raw)
+        config = FAULTY.but(model={"activations": activations}, train={"shard_size": 0}).config
         trainer = BatchTrainer(config, instance_table(config))
         for _ in range(config.train.steps):
             trainer.train_step()

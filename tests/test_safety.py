@@ -14,19 +14,7 @@ import torch
 from devtms.errors import RunDirError
 from devtms.store import RunDir, load_checkpoint_file
 
-from .conftest import run_cli
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from .conftest import TINY_TOML
-
-    root = tmp_path_factory.mktemp("safety")
-    config = root / "tiny.toml"
-    config.write_text(TINY_TOML)
-    out = root / "run"
-    assert run_cli("train", config, "--out", out).returncode == 0
-    return config, out
+from .conftest import STUDY, assert_runs_identical, run_cli, tiny_config
 
 
 def _copy(src, dst):
@@ -46,9 +34,8 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-def test_a_pickle_planted_as_a_checkpoint_is_rejected_without_running_it(trained, tmp_path):
-    _, out = trained
-    run_dir = _copy(out, tmp_path / "run")
+def test_a_pickle_planted_as_a_checkpoint_is_rejected_without_running_it(tiny_run, tmp_path):
+    run_dir = _copy(tiny_run, tmp_path / "run")
     marker = tmp_path / "pwned"
     target = run_dir / "checkpoints" / "step_00000100.safetensors"
     with open(target, "wb") as f:
@@ -59,8 +46,7 @@ def test_a_pickle_planted_as_a_checkpoint_is_rejected_without_running_it(trained
     result = run_cli("train", run_dir, "--resume")  # verifies, retrains from step 89
     assert result.returncode == 0, result.stderr
     assert not marker.exists()
-    torch.testing.assert_close(RunDir.open(run_dir).load_checkpoint(100)["W"],
-                               RunDir.open(out).load_checkpoint(100)["W"], rtol=0, atol=0)
+    assert_runs_identical(run_dir, tiny_run, files=["checkpoints/step_00000100.safetensors"])
     # a torch.save file (pickle inside a zip) is refused the same way
     torch.save({"W": torch.zeros(3)}, target)
     with pytest.raises(RunDirError, match="not a safetensors file"):
@@ -68,9 +54,8 @@ def test_a_pickle_planted_as_a_checkpoint_is_rejected_without_running_it(trained
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
-def test_damaged_checkpoints_are_named_and_repaired_by_resume(trained, tmp_path, damage):
-    _, out = trained
-    run_dir = _copy(out, tmp_path / "run")
+def test_damaged_checkpoints_are_named_and_repaired_by_resume(tiny_run, tmp_path, damage):
+    run_dir = _copy(tiny_run, tmp_path / "run")
     target = run_dir / "checkpoints" / "step_00000200.safetensors"
     data = bytearray(target.read_bytes())
     if damage == "truncate":
@@ -83,15 +68,11 @@ def test_damaged_checkpoints_are_named_and_repaired_by_resume(trained, tmp_path,
         RunDir.open(run_dir).load_checkpoint(200)
     result = run_cli("train", run_dir, "--resume")
     assert result.returncode == 0, result.stderr
-    repaired = load_checkpoint_file(target)
-    original = load_checkpoint_file(out / "checkpoints" / target.name)
-    assert repaired.keys() == original.keys()
-    assert all(torch.equal(repaired[k], original[k]) for k in original)
+    assert_runs_identical(run_dir, tiny_run, files=[f"checkpoints/{target.name}"])
 
 
-def test_run_json_from_an_incompatible_version_is_refused(trained, tmp_path):
-    _, out = trained
-    run_dir = _copy(out, tmp_path / "run")
+def test_run_json_from_an_incompatible_version_is_refused(tiny_run, tmp_path):
+    run_dir = _copy(tiny_run, tmp_path / "run")
     meta = json.loads((run_dir / "run.json").read_text())
     meta["format_version"] = 99
     (run_dir / "run.json").write_text(json.dumps(meta))
@@ -101,11 +82,9 @@ def test_run_json_from_an_incompatible_version_is_refused(trained, tmp_path):
     assert "format version 99" in result.stderr and "--force" in result.stderr
 
 
-def test_a_second_writer_is_refused_while_the_first_runs(trained, tmp_path):
-    config, _ = trained
-    text = config.read_text().replace("steps = 300", "steps = 20000")
-    long_config = tmp_path / "long.toml"
-    long_config.write_text(text)
+@pytest.mark.slow  # a SIGKILL; the fast tier has test_llc_is_refused_while_a_study_writes_...
+def test_a_second_writer_is_refused_while_the_first_runs(tmp_path):
+    long_config = tiny_config(train={"steps": 20000}).write(tmp_path / "long.toml")
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "devtms.cli", "train", str(long_config),
                               "--out", str(out)], stdout=subprocess.DEVNULL,
@@ -128,9 +107,8 @@ def test_a_second_writer_is_refused_while_the_first_runs(trained, tmp_path):
     assert third.stdout.strip() == "locked", third.stderr
 
 
-def test_no_run_file_is_a_pickle(trained):
-    _, out = trained
-    for path in out.rglob("*"):
+def test_no_run_file_is_a_pickle(tiny_run):
+    for path in tiny_run.rglob("*"):
         if not path.is_file():
             continue
         data = path.read_bytes()
@@ -169,11 +147,8 @@ def test_adam_state_round_trips_through_a_checkpoint(tmp_path):
 @pytest.fixture(scope="module")
 def studied(tmp_path_factory):
     """A run through every stage (train, llc, analyze, report)."""
-    from .conftest import STUDY_TOML
-
     root = tmp_path_factory.mktemp("studied")
-    (root / "study.toml").write_text(STUDY_TOML)
-    result = run_cli("study", root / "study.toml", "--out", root / "run", env=ENV)
+    result = run_cli("study", STUDY.write(root / "study.toml"), "--out", root / "run", env=ENV)
     assert result.returncode == 0, result.stderr
     return root / "run"
 
@@ -237,24 +212,15 @@ def test_damage_is_named_in_one_line_with_the_command_that_repairs_it(studied, t
         assert repair in result.stderr, (repair, result.stderr)
 
 
-def _same_files(a, b, names):
-    for name in names:
-        if name.endswith(".safetensors"):  # the same tensors (the header's order may vary)
-            x, y = load_checkpoint_file(a / name), load_checkpoint_file(b / name)
-            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
-        else:
-            assert (a / name).read_bytes() == (b / name).read_bytes(), name
-
-
 def test_a_torn_llc_csv_is_repaired_by_devtms_llc_to_the_undamaged_table(studied, tmp_path):
     run = _copy(studied, tmp_path / "run")
     _tear(run / "llc.csv")
     result = run_cli("llc", run, env=ENV)
     assert result.returncode == 0, result.stderr
     assert "llc.csv ended in a torn line" in result.stderr and "1 estimated" in result.stdout
-    _same_files(run, studied, ["llc.csv"])
+    assert_runs_identical(run, studied, files=["llc.csv"])
     assert run_cli("analyze", run, env=ENV).returncode == 0
-    _same_files(run, studied, ["transitions.csv", "summary.csv"])
+    assert_runs_identical(run, studied, files=["transitions.csv", "summary.csv"])
 
 
 def test_a_torn_train_log_is_repaired_by_train_resume_to_the_undamaged_log(studied, tmp_path):
@@ -264,7 +230,8 @@ def test_a_torn_train_log_is_repaired_by_train_resume_to_the_undamaged_log(studi
     assert result.returncode == 0, result.stderr
     assert "train_log.csv ended in a torn line" in result.stderr
     assert "training again from step 100" in result.stderr
-    _same_files(run, studied, ["train_log.csv", "checkpoints/step_00000200.safetensors"])
+    assert_runs_identical(run, studied,
+                          files=["train_log.csv", "checkpoints/step_00000200.safetensors"])
     assert run_cli("train", run, "--resume", env=ENV).stderr == ""  # nothing left to repair
 
 
@@ -276,7 +243,8 @@ def test_a_train_log_missing_rows_is_refilled_by_train_resume(studied, tmp_path)
     result = run_cli("train", run, "--resume", env=ENV)
     assert result.returncode == 0, result.stderr
     assert "lacks rows after step" in result.stderr
-    _same_files(run, studied, ["train_log.csv", "checkpoints/step_00000200.safetensors"])
+    assert_runs_identical(run, studied,
+                          files=["train_log.csv", "checkpoints/step_00000200.safetensors"])
 
 
 def test_torn_analysis_tables_are_rewritten_by_analyze(studied, tmp_path):
@@ -285,7 +253,7 @@ def test_torn_analysis_tables_are_rewritten_by_analyze(studied, tmp_path):
         _tear(run / name)
     result = run_cli("analyze", run, env=ENV)
     assert result.returncode == 0, result.stderr
-    _same_files(run, studied, ["geometry.csv", "transitions.csv", "summary.csv"])
+    assert_runs_identical(run, studied, files=["geometry.csv", "transitions.csv", "summary.csv"])
 
 
 def test_a_pickle_planted_as_llc_traces_is_removed_without_running_it(studied, tmp_path):
@@ -306,7 +274,7 @@ def test_a_pickle_planted_as_llc_traces_is_removed_without_running_it(studied, t
 
 
 def test_no_file_of_a_studied_run_is_a_pickle(studied):
-    test_no_run_file_is_a_pickle((None, studied))
+    test_no_run_file_is_a_pickle(studied)
 
 
 def test_llc_is_refused_while_a_study_writes_the_run_and_a_killed_study_leaves_no_lock(

@@ -3,6 +3,7 @@ instances are independent (a shard trains exactly as it would in the whole batch
 
 import dataclasses
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,20 +19,13 @@ from devtms.config import config_from_dict, instance_table, load_config
 from devtms.store import RunDir
 from devtms.train import BatchTrainer, train_run
 
-from .conftest import TINY_TOML, run_cli
+from .conftest import assert_runs_identical, run_cli, tiny_config
 
 
-def _tiny_config(**train):
-    import tomllib
-
-    raw = tomllib.loads(TINY_TOML)
-    raw["train"].update(train)
-    return config_from_dict(raw)
-
-
-def test_cli_trains_and_writes_the_contract_files(tmp_path, tiny_config):
+def test_cli_trains_and_writes_the_contract_files(tmp_path):
+    toml = tiny_config().write(tmp_path / "tiny.toml")
     out = tmp_path / "run"
-    result = run_cli("train", tiny_config, "--out", out)
+    result = run_cli("train", toml, "--out", out)
     assert result.returncode == 0, result.stderr
     meta = json.loads((out / "run.json").read_text())
     assert meta["format"] == "devtms-run" and meta["stages"]["train"]["done"] is True
@@ -41,7 +35,7 @@ def test_cli_trains_and_writes_the_contract_files(tmp_path, tiny_config):
                                            "sparsity", "feature_probability", "importance_ratio",
                                            "seed"]
     assert len(instances) == 8
-    config = load_config(tiny_config)
+    config = load_config(toml)
     steps = sorted(int(p.stem[5:]) for p in (out / "checkpoints").glob("step_*.safetensors"))
     assert steps[0] == 0 and steps[-1] == 300 and {100, 200} <= set(steps)
     final = load_file(out / "checkpoints" / "step_00000300.safetensors")
@@ -58,10 +52,8 @@ def test_cli_trains_and_writes_the_contract_files(tmp_path, tiny_config):
     assert not list(out.rglob("*.tmp"))
 
 
-def test_logged_loss_is_the_training_set_loss_of_the_checkpoint(tmp_path, tiny_config):
-    out = tmp_path / "run"
-    assert run_cli("train", tiny_config, "--out", out).returncode == 0
-    run = RunDir.open(out)
+def test_logged_loss_is_the_training_set_loss_of_the_checkpoint(tiny_run):
+    run = RunDir.open(tiny_run)
     trainer = BatchTrainer(run.config, run.instances)
     ckpt = run.load_checkpoint(100)
     log = run.read_table("train_log.csv", "train")
@@ -72,7 +64,7 @@ def test_logged_loss_is_the_training_set_loss_of_the_checkpoint(tmp_path, tiny_c
 
 
 def test_batched_training_equals_a_loop_of_single_models():
-    config = _tiny_config(steps=40)
+    config = tiny_config(train={"steps": 40}).config
     instances = instance_table(config)
     trainer = BatchTrainer(config, instances)
     W0, b0 = trainer.W.detach().clone(), trainer.b.detach().clone()
@@ -92,8 +84,9 @@ def test_batched_training_equals_a_loop_of_single_models():
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_a_shard_of_instances_trains_exactly_as_in_the_whole_batch(optimizer):
-    config = _tiny_config(steps=60, optimizer=optimizer, momentum=0.9 if optimizer == "sgd" else 0.0,
-                          lr=0.05, lr_schedule="cosine")
+    config = tiny_config(train={"steps": 60, "optimizer": optimizer, "lr": 0.05,
+                                "momentum": 0.9 if optimizer == "sgd" else 0.0,
+                                "lr_schedule": "cosine"}).config
     instances = instance_table(config)
     whole = BatchTrainer(config, instances)
     shard = BatchTrainer(config, instances.iloc[3:6])
@@ -103,12 +96,12 @@ def test_a_shard_of_instances_trains_exactly_as_in_the_whole_batch(optimizer):
     torch.testing.assert_close(shard.W.detach(), whole.W.detach()[3:6], rtol=1e-5, atol=1e-6)
 
 
-def test_resume_after_a_kill_gives_identical_weights(tmp_path, tiny_config):
-    text = tiny_config.read_text().replace("steps = 300", "steps = 3000")
-    tiny_config.write_text(text)
+@pytest.mark.slow  # a SIGKILL mid-training and two 3000-step runs: ~15 s
+def test_resume_after_a_kill_gives_identical_weights(tmp_path):
+    toml = tiny_config(train={"steps": 3000}).write(tmp_path / "tiny.toml")
     reference, killed = tmp_path / "ref", tmp_path / "killed"
-    assert run_cli("train", tiny_config, "--out", reference).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "devtms.cli", "train", str(tiny_config),
+    assert run_cli("train", toml, "--out", reference).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "devtms.cli", "train", str(toml),
                              "--out", str(killed)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     ckpts = killed / "checkpoints"
@@ -118,15 +111,10 @@ def test_resume_after_a_kill_gives_identical_weights(tmp_path, tiny_config):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "checkpoints" / "step_00003000.safetensors").exists()
-    assert run_cli("train", tiny_config, "--out", killed).returncode == 2  # needs --resume
-    result = run_cli("train", tiny_config, "--out", killed, "--resume")
+    assert run_cli("train", toml, "--out", killed).returncode == 2  # needs --resume
+    result = run_cli("train", toml, "--out", killed, "--resume")
     assert result.returncode == 0, result.stderr
-    for path in sorted((reference / "checkpoints").iterdir()):
-        a, b = load_file(path), load_file(killed / "checkpoints" / path.name)
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), (path.name, key)
-    assert (reference / "train_log.csv").read_bytes() == (killed / "train_log.csv").read_bytes()
+    assert_runs_identical(reference, killed, files=["checkpoints", "train_log.csv"])
 
 
 def test_diverging_instances_are_flagged_and_the_others_unaffected(tmp_path):
@@ -150,16 +138,16 @@ def test_diverging_instances_are_flagged_and_the_others_unaffected(tmp_path):
     assert torch.equal(run.load_checkpoint(200)["W"][0], run2.load_checkpoint(200)["W"][0])
 
 
-def test_existing_runs_are_protected(tmp_path, tiny_config):
-    out = tmp_path / "run"
-    assert run_cli("train", tiny_config, "--out", out).returncode == 0
-    again = run_cli("train", tiny_config, "--out", out)
+def test_existing_runs_are_protected(tiny_run, tmp_path):
+    toml = tiny_config().write(tmp_path / "tiny.toml")
+    out = shutil.copytree(tiny_run, tmp_path / "run")  # trained by `devtms train` from that config
+    again = run_cli("train", toml, "--out", out)
     assert again.returncode == 2 and "already holds a run (complete)" in again.stderr
-    assert run_cli("train", tiny_config, "--out", out, "--resume").returncode == 0
+    assert run_cli("train", toml, "--out", out, "--resume").returncode == 0
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    refused = run_cli("train", tiny_config, "--out", other)
+    refused = run_cli("train", toml, "--out", other)
     assert refused.returncode == 2 and "not a devtms run" in refused.stderr
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
 
@@ -169,18 +157,14 @@ def test_shards_give_the_same_numbers_in_process_and_through_an_executor(tmp_pat
     task per shard per checkpoint interval write identical checkpoints and logs."""
     from devtms.executors import LocalExecutor
 
-    config = _tiny_config(steps=120, shard_size=3)
+    config = tiny_config(train={"steps": 120, "shard_size": 3}).config
     runs = []
     for name, executor in (("lockstep", None), ("tasks", LocalExecutor())):
         run = RunDir.create(tmp_path / name, config, instance_table(config))
         assert train_run(run, executor=executor) == 120
         runs.append(run)
-    a, b = runs
-    assert a.checkpoint_steps() == b.checkpoint_steps()
-    for step in a.checkpoint_steps():
-        ta, tb = a.load_checkpoint(step), b.load_checkpoint(step)
-        assert all(torch.equal(ta[k], tb[k]) for k in ta), step
-    assert (a.path / "train_log.csv").read_bytes() == (b.path / "train_log.csv").read_bytes()
+    assert runs[0].checkpoint_steps() == runs[1].checkpoint_steps()
+    assert_runs_identical(*runs, files=["checkpoints", "train_log.csv"])
 
 
 def test_training_compiles_only_when_it_repays_the_compile():
@@ -193,17 +177,17 @@ def test_training_compiles_only_when_it_repays_the_compile():
     full = load_config("activations27")
     off = dataclasses.replace(full, train=dataclasses.replace(full.train, compile="off"))
     assert not use_compile(off)
-    assert use_compile(_tiny_config(compile="on")) == compile_available()
+    assert use_compile(tiny_config(train={"compile": "on"}).config) == compile_available()
 
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager_and_resumes_exactly():
     """torch.compile's kernel (train.compile = "on") trains as the eager ops do (to rounding),
     resumes bit-identically, and a shard trains as in the whole batch. ~15 s cold."""
-    config = _tiny_config(steps=40, compile="on")
+    config = tiny_config(train={"steps": 40, "compile": "on"}).config
     instances = instance_table(config)
-    compiled, eager = BatchTrainer(config, instances), BatchTrainer(_tiny_config(steps=40),
-                                                                    instances)
+    compiled = BatchTrainer(config, instances)
+    eager = BatchTrainer(tiny_config(train={"steps": 40}).config, instances)
     assert compiled.compiled and not eager.compiled
     half = BatchTrainer(config, instances)
     shard = BatchTrainer(config, instances.iloc[3:6])

@@ -1,0 +1,58 @@
+"""Executors without a cluster: --scheduler is parsed and refused in one line, an unreachable
+scheduler writes nothing, and the local default never imports Dask. (The Dask executor on a
+real LocalCluster: tests/test_dask.py, in the slow tier.)"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from devtms.errors import UserError
+from devtms.executors import LocalExecutor, make_executor
+
+from .conftest import tiny_config
+
+
+@pytest.mark.parametrize("command", ["train", "llc", "study"])
+def test_an_unreachable_scheduler_is_one_line_exit_2_and_nothing_written(command, tiny_run,
+                                                                          tmp_path, capsys,
+                                                                          monkeypatch):
+    from devtms.cli import main
+
+    if command == "llc":
+        target = [str(shutil.copytree(tiny_run, tmp_path / "run"))]
+    else:
+        tiny_config().write(tmp_path / "tiny.toml")
+        target = [str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "out")]
+    before = sorted(tmp_path.rglob("*"))
+    monkeypatch.setenv("DEVTMS_SCHEDULER_TIMEOUT", "1")
+    assert main([command, *target, "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"devtms {command}: error: --scheduler tcp://127.0.0.1:1: no Dask scheduler answered "
+        "within 1 s; start one with `dask scheduler` (and workers with `dask worker ADDRESS`) "
+        "or pass --scheduler dask for a cluster on this machine"]
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("scheduler", ["tcp://host", "slurm", "", "tcp://:8786"])
+def test_a_scheduler_that_is_neither_local_dask_nor_an_address_is_refused(scheduler):
+    with pytest.raises(UserError, match="choose local, dask or the address"):
+        make_executor(scheduler)
+
+
+def test_without_dask_installed_the_error_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    with pytest.raises(UserError, match=r"pip install 'devtms\[dask\]'"):
+        make_executor("dask")
+    assert isinstance(make_executor("local"), LocalExecutor)
+    assert isinstance(make_executor(None), LocalExecutor)
+
+
+def test_the_local_default_never_imports_dask():
+    code = ("import sys, devtms.cli, devtms.executors, devtms.llc, devtms.train, devtms.study\n"
+            "devtms.executors.make_executor('local').close()\n"
+            "assert not any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
