@@ -147,8 +147,7 @@ def tiny_run(tmp_path_factory) -> Path:
     """The tiny config trained once through `devtms train`, for every module that needs a
     trained run. Read-only: copy it (shutil.copytree) before writing to it."""
     root = tmp_path_factory.mktemp("tiny_run")
-    result = run_cli("train", tiny_config().write(root / "tiny.toml"), "--out", root / "run",
-                     env={"OMP_NUM_THREADS": "1"})
+    result = run_cli("train", tiny_config().write(root / "tiny.toml"), "--out", root / "run")
     assert result.returncode == 0, result.stderr
     return root / "run"
 

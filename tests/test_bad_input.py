@@ -25,9 +25,6 @@ import pytest
 from .conftest import TINY, run_cli, tiny_config
 from .forkcli import run_many
 
-ENV = {"OMP_NUM_THREADS": "1"}
-
-
 CFG = "bad.toml"
 
 
@@ -218,9 +215,9 @@ def run_table(cases: list[Case], trained: Path, root: Path, fresh: bool = False)
         lines.append(([a.format(**names) for a in case.argv], ws))
     if fresh:
         with ThreadPoolExecutor(max_workers=len(cases)) as pool:
-            results = list(pool.map(lambda line: run_cli(*line[0], cwd=line[1], env=ENV), lines))
+            results = list(pool.map(lambda line: run_cli(*line[0], cwd=line[1]), lines))
     else:
-        results = run_many(lines, env=ENV)
+        results = run_many(lines)
     return {case.id: (result, before, tree(ws))
             for case, result, before, (_, ws) in zip(cases, results, befores, lines, strict=True)}
 

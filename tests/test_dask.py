@@ -25,7 +25,6 @@ from .conftest import assert_runs_identical, run_cli, tiny_config
 
 pytestmark = pytest.mark.slow  # a LocalCluster of 2 worker processes: about a minute
 
-ENV = {"OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,7 @@ def copy_run(trained: Path, dest: Path) -> Path:
 
 def test_llc_on_a_dask_local_cluster_writes_exactly_the_local_rows(trained, tmp_path):
     run = copy_run(trained, tmp_path / "run")
-    result = run_cli("llc", run, "--scheduler", "dask", env=ENV)
+    result = run_cli("llc", run, "--scheduler", "dask")
     assert result.returncode == 0, result.stderr
     assert "executor: dask LocalCluster (" in result.stderr
     assert "88 estimated" in result.stdout

@@ -22,14 +22,13 @@ from .killing import (
 
 pytestmark = pytest.mark.slow  # 30 kills of real processes: minutes
 
-ENV = {"OMP_NUM_THREADS": "1"}  # tiny tensors: threads only add contention
 
 
 def _timed_run(args, run_dir):
     """Run `devtms ARGS` uninterrupted. -> seconds from taking the run lock to exiting, stdout"""
     proc = subprocess.Popen([sys.executable, "-m", "devtms.cli", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TQDM_DISABLE": "1", **ENV})
+                            env={**os.environ, "TQDM_DISABLE": "1"})
     wait_until(proc, lambda: holds_lock(proc, run_dir))
     start = time.monotonic()
     out, err = proc.communicate()
@@ -46,9 +45,9 @@ def test_train_survives_ten_kills(tmp_path):
     # not leave kills beyond the end), timed from the lock so start-up speed does not matter
     landed = kill_repeatedly(["train", config, "--out", killed, "--resume"], killed,
                              kills=10, seed=7, min_delay=0.02 * work, max_delay=0.06 * work,
-                             from_lock=True, max_starts=14, env=ENV)
+                             from_lock=True, max_starts=14)
     assert landed == 10
-    result = run_cli("train", config, "--out", killed, "--resume", env=ENV)
+    result = run_cli("train", config, "--out", killed, "--resume")
     assert result.returncode == 0, result.stderr
     assert not integrity_problems(killed)
     assert not list(killed.rglob(".*.tmp"))
@@ -59,7 +58,7 @@ def test_llc_survives_ten_kills(tmp_path):
     """Kills land while chunks are estimated, between a chunk's traces and its rows, ..."""
     config = STUDY.write(tmp_path / "study.toml")
     trained = tmp_path / "trained"
-    assert run_cli("train", config, "--out", trained, env=ENV).returncode == 0
+    assert run_cli("train", config, "--out", trained).returncode == 0
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     shutil.copytree(trained, reference)
     shutil.copytree(trained, killed)
@@ -68,9 +67,9 @@ def test_llc_survives_ten_kills(tmp_path):
     # about half the job in kills (each also loses the chunk it was in)
     landed = kill_repeatedly(["llc", killed, *args], killed, kills=10, seed=11,
                              min_delay=0.02 * work, max_delay=0.08 * work, from_lock=True,
-                             max_starts=14, env=ENV)
+                             max_starts=14)
     assert landed == 10
-    result = run_cli("llc", killed, *args, env=ENV)
+    result = run_cli("llc", killed, *args)
     assert result.returncode == 0, result.stderr
     assert not integrity_problems(killed) and not list(killed.rglob(".*.tmp"))
     assert_runs_identical(reference, killed, files=["llc.csv", "llc_traces"])
@@ -109,7 +108,7 @@ def test_study_survives_ten_kills(tmp_path):
     seen, starts = [], 0
     while len(seen) < len(targets) and starts < 2 * len(targets):
         target, starts = targets[len(seen)], starts + 1
-        proc = start_devtms(["study", config, "--out", killed], ENV)
+        proc = start_devtms(["study", config, "--out", killed])
         wait_until(proc, _reached(proc, killed, target))
         at = _stage(killed)
         if kill_after(proc, rng.uniform(0.05, 0.9) * max(took[at], 0.05)):
@@ -120,7 +119,7 @@ def test_study_survives_ten_kills(tmp_path):
     print("kills by stage:", seen, "stage seconds:", took)
     assert len(seen) == 10, (seen, took)
     assert {"train", "llc", "report"} <= {s.split("/")[0] for s in seen}, (seen, took)
-    result = run_cli("study", config, "--out", killed, env=ENV)
+    result = run_cli("study", config, "--out", killed)
     assert result.returncode == 0, result.stderr
     assert not integrity_problems(killed) and not list(killed.rglob(".*.tmp"))
     assert_runs_identical(reference, killed, files=[

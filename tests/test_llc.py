@@ -36,15 +36,6 @@ def train_short(path: Path, preset: str, steps: int, activations: list[str], see
     return run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: threads only add contention (devinterp slows ~10x with 2 on a busy box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, RunDir]:
     root = tmp_path_factory.mktemp("llc_runs")

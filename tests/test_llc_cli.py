@@ -19,8 +19,6 @@ from devtms.store import LLC_CSV, LLC_TRACES, RunDir
 from .conftest import REPO, assert_runs_identical, run_cli
 from .forkcli import run_many
 
-ENV = {"OMP_NUM_THREADS": "1"}  # tiny tensors: threads only add contention
-
 
 def snapshot(path: Path) -> dict[str, tuple[int, int]]:
     """Every file under path with its size and mtime: equal snapshots mean nothing was written."""
@@ -37,7 +35,7 @@ def run_copy(tiny_run, tmp_path) -> Path:
 
 
 def test_llc_writes_the_contract_columns_and_a_second_run_adds_nothing(run_copy):
-    first = run_cli("llc", run_copy, env=ENV)
+    first = run_cli("llc", run_copy)
     assert first.returncode == 0, first.stderr
     table = pd.read_csv(run_copy / LLC_CSV)
     assert list(table.columns[: len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
@@ -49,7 +47,7 @@ def test_llc_writes_the_contract_columns_and_a_second_run_adds_nothing(run_copy)
     assert sorted((run_copy / LLC_TRACES).glob("*.safetensors"))
     assert run.stage_done("llc")
     before = snapshot(run_copy)
-    second = run_cli("llc", run_copy, env=ENV)
+    second = run_cli("llc", run_copy)
     assert second.returncode == 0, second.stderr
     assert "0 estimated" in second.stdout
     after = snapshot(run_copy)
@@ -57,9 +55,9 @@ def test_llc_writes_the_contract_columns_and_a_second_run_adds_nothing(run_copy)
 
 
 def test_new_hyperparameters_add_rows_beside_the_old_ones(run_copy):
-    assert run_cli("llc", run_copy, "--steps", "last", "--instances", "0-1", env=ENV).returncode == 0
-    assert run_cli("llc", run_copy, "--steps", "last", "--instances", "0-1", "--eps", "3e-4",
-                   env=ENV).returncode == 0
+    assert run_cli("llc", run_copy, "--steps", "last", "--instances", "0-1").returncode == 0
+    more = run_cli("llc", run_copy, "--steps", "last", "--instances", "0-1", "--eps", "3e-4")
+    assert more.returncode == 0
     table = pd.read_csv(run_copy / LLC_CSV)
     assert sorted(table["eps"].unique()) == [3e-4, 1e-3]
     assert len(table) == 4
@@ -92,7 +90,7 @@ def bad_outcomes(tiny_run, tmp_path_factory) -> list[tuple]:
         lines.append(([a.format(run=run, missing=ws / "missing", notrun=notrun) for a in argv], ws))
         runs.append(run)
         befores.append(snapshot(run))
-    results = run_many(lines, env=ENV)
+    results = run_many(lines)
     return [(result, before, snapshot(run))
             for result, before, run in zip(results, befores, runs, strict=True)]
 
@@ -111,7 +109,7 @@ def test_llc_refuses_a_run_whose_training_is_not_complete(run_copy):
     run = RunDir.open(run_copy)
     run.set_stage("train", done=False)
     before = snapshot(run_copy)
-    result = run_cli("llc", run_copy, env=ENV)
+    result = run_cli("llc", run_copy)
     assert result.returncode == 2 and "training is not complete" in result.stderr
     assert snapshot(run_copy) == before
 
@@ -122,11 +120,11 @@ def test_killed_llc_resumes_to_exactly_the_uninterrupted_result(tiny_run, tmp_pa
     args = ["--chunk-size", "3", "--draws", "60"]
     clean = tmp_path / "clean"
     shutil.copytree(tiny_run, clean)
-    assert run_cli("llc", clean, *args, env=ENV).returncode == 0
+    assert run_cli("llc", clean, *args).returncode == 0
 
     killed = tmp_path / "killed"
     shutil.copytree(tiny_run, killed)
-    env = {**os.environ, "TQDM_DISABLE": "1", **ENV}
+    env = {**os.environ, "TQDM_DISABLE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "devtms.cli", "llc", str(killed), *args],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -141,7 +139,7 @@ def test_killed_llc_resumes_to_exactly_the_uninterrupted_result(tiny_run, tmp_pa
     proc.wait()
     partial = pd.read_csv(killed / LLC_CSV)
     assert 0 < len(partial) < len(pd.read_csv(clean / LLC_CSV))
-    resumed = run_cli("llc", killed, *args, env=ENV)
+    resumed = run_cli("llc", killed, *args)
     assert resumed.returncode == 0, resumed.stderr
     assert_runs_identical(clean, killed, files=[LLC_CSV])
     assert f"{len(partial)} already in" in resumed.stdout
@@ -151,21 +149,21 @@ def test_an_estimate_redone_alone_keeps_the_bits_of_its_chunk(run_copy, tmp_path
     """Softmax's feature sums follow the chunk's shape, so a rerun must cut the first run's
     chunks: rows missing from one chunk are computed in that chunk again, not on their own."""
     args = ["--chunk-size", "40", "--draws", "30", "--chains", "4"]  # two instances per chunk
-    assert run_cli("llc", run_copy, *args, env=ENV).returncode == 0
+    assert run_cli("llc", run_copy, *args).returncode == 0
     first = shutil.copytree(run_copy, tmp_path / "first")
     run = RunDir.open(run_copy)
     softmax = int(run.instances.loc[run.instances["activation"] == "softmax", "instance"].iloc[0])
     table = pd.read_csv(run_copy / LLC_CSV)
     late = table["step"] == table["step"].max()
     run.write_table(LLC_CSV, table[(table["instance"] != softmax) | ~late])
-    redo = run_cli("llc", run_copy, *args, env=ENV)
+    redo = run_cli("llc", run_copy, *args)
     assert redo.returncode == 0, redo.stderr
     assert_runs_identical(first, run_copy, files=[LLC_CSV])
 
 
 def test_calibrate_writes_a_table_and_a_figure(run_copy):
     result = run_cli("calibrate", run_copy, "--step", "last", "--instances", "0,2",
-                     "--eps-grid", "1e-4,1e-2", "--gamma-grid", "10,1000", env=ENV)
+                     "--eps-grid", "1e-4,1e-2", "--gamma-grid", "10,1000")
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(next((run_copy / "calibration").glob("*.csv")))
     assert len(table) == 2 * 2 * 2

@@ -21,7 +21,6 @@ from devtms.store import load_checkpoint_file
 from .conftest import STUDY, run_cli
 from .forkcli import run_many
 
-ENV = {"OMP_NUM_THREADS": "1"}
 # exp overflows at this learning rate (instance 2, seed 0, diverges); relu trains normally.
 # Instances train in shards of 2 (relu, exp): the numbers of a shard depend on the shard only
 # (a batch of another composition may differ in the last float32 bit, diverged or not), so the
@@ -37,7 +36,7 @@ def studies(tmp_path_factory) -> tuple[Path, Path]:
     FAULTY.write(root / "faulty.toml")
     HEALTHY.write(root / "healthy.toml")
     results = run_many([(["study", "faulty.toml", "--out", "faulty"], root),
-                        (["study", "healthy.toml", "--out", "healthy"], root)], env=ENV)
+                        (["study", "healthy.toml", "--out", "healthy"], root)])
     for result in results:
         assert result.returncode == 0, result.stderr
     return root / "faulty", root / "healthy"
@@ -110,8 +109,7 @@ def test_sgld_that_diverges_on_some_chains_is_flagged_and_spares_the_rest(studie
     # the whole job, and each instance's estimates alone (in other chunks), side by side
     result, *alone_results = run_many(
         [(["llc", run, *args], tmp_path)]
-        + [(["llc", copy, *args, "--instances", str(i)], tmp_path) for i, copy in enumerate(alone)],
-        env=ENV)
+        + [(["llc", copy, *args, "--instances", str(i)], tmp_path) for i, copy in enumerate(alone)])
     assert result.returncode == 0, result.stderr
     assert all(r.returncode == 0 for r in alone_results)
     assert "unhealthy" in result.stderr and result.stderr.count("\n") == 1
@@ -128,7 +126,7 @@ def test_sgld_that_diverges_on_some_chains_is_flagged_and_spares_the_rest(studie
     for i, copy in enumerate(alone):
         mine = pd.read_csv(copy / "llc.csv")
         assert _rows(mine[np.isclose(mine["eps"], 0.1)], [i]) == _rows(wild, [i])
-    report = run_cli("report", run, env=ENV)
+    report = run_cli("report", run)
     assert report.returncode == 0, report.stderr
     html = (run / "report" / "index.html").read_text()
     assert f"{len(flagged)} of {len(table)} LLC estimates are flagged unhealthy" in html

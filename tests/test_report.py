@@ -22,47 +22,19 @@ import pytest
 from markupsafe import escape
 from PIL import Image
 
-from .conftest import run_cli
-
-TOML = """\
-name = "reporttiny"
-
-[model]
-n_features = 5
-n_hidden = 2
-activations = ["relu", "exp", "linear"]
-
-[data]
-kind = "single-feature"
-n_samples = 200
-
-[train]
-steps = 200
-batch_size = 50
-optimizer = "sgd"
-lr = 2.5
-momentum = 0.9
-seeds = [0, 1]
-
-[checkpoints]
-log_points = 8
-
-[llc]
-chains = 2
-draws = 20
-burnin = 20
-batch_size = 50
-"""
+from .conftest import run_cli, tiny_config
 
 ACTIVATIONS = ["relu", "exp", "linear"]
+# lr 2.5: exp diverges, so the report has a diverged instance and unhealthy estimates to show
+CONFIG = tiny_config(name="reporttiny", model={"activations": ACTIVATIONS},
+                     train={"steps": 200, "lr": 2.5}, checkpoints={"linear_every": None})
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A trained run, no later stages; tests copy it before adding to it."""
     root = tmp_path_factory.mktemp("report")
-    (root / "tiny.toml").write_text(TOML)
-    result = run_cli("train", root / "tiny.toml", "--out", root / "run")
+    result = run_cli("train", CONFIG.write(root / "tiny.toml"), "--out", root / "run")
     assert result.returncode == 0, result.stderr
     return root / "run"
 

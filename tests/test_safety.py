@@ -148,12 +148,11 @@ def test_adam_state_round_trips_through_a_checkpoint(tmp_path):
 def studied(tmp_path_factory):
     """A run through every stage (train, llc, analyze, report)."""
     root = tmp_path_factory.mktemp("studied")
-    result = run_cli("study", STUDY.write(root / "study.toml"), "--out", root / "run", env=ENV)
+    result = run_cli("study", STUDY.write(root / "study.toml"), "--out", root / "run")
     assert result.returncode == 0, result.stderr
     return root / "run"
 
 
-ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def _tear(path):
@@ -202,7 +201,7 @@ def test_damage_is_named_in_one_line_with_the_command_that_repairs_it(studied, t
         run = _copy(studied, tmp_path / f"run{k}")
         damage(run / name)
         lines.append(([argv[0], run, *argv[1:]], tmp_path))
-    for (name, _, argv, message), (line, _), result in zip(DAMAGED, lines, run_many(lines, ENV),
+    for (name, _, argv, message), (line, _), result in zip(DAMAGED, lines, run_many(lines),
                                                         strict=True):
         run = line[1]
         assert result.returncode == 2, (name, argv, result.stderr)
@@ -215,24 +214,24 @@ def test_damage_is_named_in_one_line_with_the_command_that_repairs_it(studied, t
 def test_a_torn_llc_csv_is_repaired_by_devtms_llc_to_the_undamaged_table(studied, tmp_path):
     run = _copy(studied, tmp_path / "run")
     _tear(run / "llc.csv")
-    result = run_cli("llc", run, env=ENV)
+    result = run_cli("llc", run)
     assert result.returncode == 0, result.stderr
     assert "llc.csv ended in a torn line" in result.stderr and "1 estimated" in result.stdout
     assert_runs_identical(run, studied, files=["llc.csv"])
-    assert run_cli("analyze", run, env=ENV).returncode == 0
+    assert run_cli("analyze", run).returncode == 0
     assert_runs_identical(run, studied, files=["transitions.csv", "summary.csv"])
 
 
 def test_a_torn_train_log_is_repaired_by_train_resume_to_the_undamaged_log(studied, tmp_path):
     run = _copy(studied, tmp_path / "run")
     _tear(run / "train_log.csv")
-    result = run_cli("train", run, "--resume", env=ENV)
+    result = run_cli("train", run, "--resume")
     assert result.returncode == 0, result.stderr
     assert "train_log.csv ended in a torn line" in result.stderr
     assert "training again from step 100" in result.stderr
     assert_runs_identical(run, studied,
                           files=["train_log.csv", "checkpoints/step_00000200.safetensors"])
-    assert run_cli("train", run, "--resume", env=ENV).stderr == ""  # nothing left to repair
+    assert run_cli("train", run, "--resume").stderr == ""  # nothing left to repair
 
 
 def test_a_train_log_missing_rows_is_refilled_by_train_resume(studied, tmp_path):
@@ -240,7 +239,7 @@ def test_a_train_log_missing_rows_is_refilled_by_train_resume(studied, tmp_path)
     run = _copy(studied, tmp_path / "run")
     log = (run / "train_log.csv").read_bytes().splitlines(keepends=True)
     (run / "train_log.csv").write_bytes(b"".join(log[:300] + log[304:]))  # four rows gone
-    result = run_cli("train", run, "--resume", env=ENV)
+    result = run_cli("train", run, "--resume")
     assert result.returncode == 0, result.stderr
     assert "lacks rows after step" in result.stderr
     assert_runs_identical(run, studied,
@@ -251,7 +250,7 @@ def test_torn_analysis_tables_are_rewritten_by_analyze(studied, tmp_path):
     run = _copy(studied, tmp_path / "run")
     for name in ("geometry.csv", "transitions.csv", "summary.csv"):
         _tear(run / name)
-    result = run_cli("analyze", run, env=ENV)
+    result = run_cli("analyze", run)
     assert result.returncode == 0, result.stderr
     assert_runs_identical(run, studied, files=["geometry.csv", "transitions.csv", "summary.csv"])
 
@@ -266,7 +265,7 @@ def test_a_pickle_planted_as_llc_traces_is_removed_without_running_it(studied, t
         pickle.dump({"loss": _Payload(str(marker))}, f)
     with pytest.raises(RunDirError, match="not a safetensors file"):
         load_traces(run)
-    result = run_cli("llc", run, "--steps", "last", "--instances", "0", "--eps", "2e-3", env=ENV)
+    result = run_cli("llc", run, "--steps", "last", "--instances", "0", "--eps", "2e-3")
     assert result.returncode == 0, result.stderr
     assert not planted.exists() and not marker.exists()
     assert all(p.read_bytes()[8:9] == b"{" for p in (run / "llc_traces").iterdir())  # safetensors
@@ -283,16 +282,16 @@ def test_llc_is_refused_while_a_study_writes_the_run_and_a_killed_study_leaves_n
     from .killing import holds_lock, start_devtms, wait_until
 
     run = _copy(studied, tmp_path / "run")
-    study = start_devtms(["study", run], ENV)  # a finished study re-renders its report
+    study = start_devtms(["study", run])  # a finished study re-renders its report
     try:
         wait_until(study, lambda: holds_lock(study, run))
         assert study.poll() is None, "the study ended before the test could race it"
-        (second,) = run_many([(["llc", run], tmp_path)], ENV)
+        (second,) = run_many([(["llc", run], tmp_path)])
         assert study.poll() is None, "the study ended before llc asked for the lock"
     finally:
         study.send_signal(signal.SIGKILL)
         study.wait()
     assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
     assert "is in use by `devtms study`" in second.stderr
-    third = run_cli("llc", run, env=ENV)  # the kernel dropped the killed study's lock
+    third = run_cli("llc", run)  # the kernel dropped the killed study's lock
     assert third.returncode == 0 and "0 estimated" in third.stdout, third.stderr
