@@ -24,12 +24,12 @@ Results do not depend on the executor: a task's numbers are a function of the ta
 
 from __future__ import annotations
 
-import ctypes
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
+from devtms.allocator import keep_freed_memory
 from devtms.errors import UserError
 
 T = TypeVar("T")
@@ -212,7 +212,6 @@ def run_on_worker(fn: Callable[[T], R], task: T) -> R:
 
 
 _PREPARED = False
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
 def prepare_worker() -> None:
@@ -225,8 +224,8 @@ def prepare_worker() -> None:
     malloc: Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (so freed memory goes
     back to the OS promptly). Setting it also pins glibc's mmap threshold at 128 KiB, so every
     tensor temporary above that size is a fresh mmap, zeroed page by page and unmapped after
-    use: the SGLD chunks ran about 3x slower than in-process. Here the thresholds go back to
-    where glibc's own dynamic rule tops out (mmap above 32 MiB, trim above 64 MiB).
+    use: the SGLD chunks ran about 3x slower than in-process. Here the thresholds are set as
+    in-process runs set them (devtms.allocator).
     """
     global _PREPARED
     if _PREPARED:
@@ -235,12 +234,7 @@ def prepare_worker() -> None:
 
     torch.set_num_threads(1)
     if "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
-            libc.mallopt(M_TRIM_THRESHOLD, 64 * 2**20)
-        except (OSError, AttributeError):  # not glibc: nothing pinned, nothing to undo
-            pass
+        keep_freed_memory()
     _PREPARED = True
 
 
