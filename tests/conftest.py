@@ -162,7 +162,7 @@ def assert_runs_identical(a: Path | RunDir, b: Path | RunDir, *, files: Iterable
 
     A file must be byte for byte the same, except a .safetensors file, whose tensors must be
     (the header's order may vary). A directory must hold the same file names, each the same.
-    `llc_traces` is compared by estimate: every (engine, eps, instance, step) has the same
+    `llc_traces` is compared by estimate: every (setting, instance, step) has the same
     sampled losses, whichever chunk's file holds them (a rerun may chunk them otherwise).
     """
     a, b = (Path(r.path if isinstance(r, RunDir) else r) for r in (a, b))
@@ -231,14 +231,15 @@ def _traces_difference(a: Path, b: Path) -> str | None:
 
 
 def _traces_by_estimate(run: Path) -> dict[tuple, torch.Tensor]:
-    """(engine, eps, instance, step) -> sampled losses; every estimate in exactly one file."""
+    """(setting, instance, step) -> sampled losses; every estimate in exactly one file. The
+    setting is the file's engine and hyperparameters, in a fixed order."""
     from devtms.llc import load_traces
 
     out = {}
     for params, tensors in load_traces(run):
         for e, (i, s) in enumerate(zip(tensors["instance"].tolist(), tensors["step"].tolist(),
                                        strict=True)):
-            key = (params["engine"], params["eps"], i, s)
+            key = (tuple(sorted(params.items())), i, s)
             assert key not in out, f"{run}: estimate {key} has traces in two files"
             out[key] = tensors["loss"][e]
     return out

@@ -55,7 +55,7 @@ class RunData:
     summary: pd.DataFrame | None
     diverged: list[int]
     notes: list[str] = field(default_factory=list)  # stages not run, with what to do
-    llc_all: pd.DataFrame | None = None  # every row of llc.csv, every setting
+    llc_all: pd.DataFrame | None = None  # every row of llc.csv, every setting (None: no LLC)
     llc_setting: dict[str, Any] = field(default_factory=dict)  # the plotted one
 
     @property

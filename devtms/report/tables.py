@@ -205,7 +205,7 @@ class LLCHealth:
 
 def llc_health(data: RunData) -> LLCHealth | None:
     """None without LLC estimates."""
-    llc = data.llc_all if data.llc_all is not None else data.llc
+    llc = data.llc_all  # None exactly when data.llc is None
     if llc is None:
         return None
     bad = llc[~llc["healthy"]]
@@ -227,7 +227,7 @@ def llc_health(data: RunData) -> LLCHealth | None:
 def llc_settings(data: RunData) -> pd.DataFrame | None:
     """The distinct LLC settings in llc.csv: plotted (the one the figures show), the setting
     columns, estimates, checkpoints, unhealthy[, mean MALA acceptance]."""
-    llc = data.llc_all if data.llc_all is not None else data.llc
+    llc = data.llc_all  # None exactly when data.llc is None
     if llc is None:
         return None
     cols = [c for c in SETTING_COLUMNS if c in llc]
