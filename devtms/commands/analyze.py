@@ -27,7 +27,8 @@ what it writes into RUN_DIR:
 
 Run it again at any time: only new checkpoints are analysed, and files change only when their
 content does (an llc.csv written by `devtms llc` since the last run updates transitions.csv
-and summary.csv). Methods, thresholds and defaults: devtms/geometry.py, devtms/transitions.py.
+and summary.csv). Methods, thresholds and defaults: docs/science.md sections 3 and 7, and the
+docstrings of devtms/geometry.py, devtms/transitions.py and devtms/smoothing.py.
 
 examples:
   devtms train chen2023 --out runs/chen2023 && devtms analyze runs/chen2023
