@@ -31,6 +31,7 @@ import pandas as pd
 from devtms import geometry as geo
 from devtms import transitions as tr
 from devtms.errors import RunDirError
+from devtms.llc.active import choose, to_dict
 from devtms.llc.table import read_llc_table
 from devtms.store import GEOMETRY_CSV, SUMMARY_CSV, TRAIN_LOG, TRANSITIONS_CSV, RunDir
 
@@ -117,8 +118,9 @@ def checkpoint_losses(train_log: pd.DataFrame, steps: list[int]) -> pd.DataFrame
 
 
 def usable_llc(llc: pd.DataFrame) -> pd.DataFrame | None:
-    """Rows of llc.csv (as devtms.llc.table reads it) fit to judge jumps: healthy ones, with
-    llc_sem (else std / sqrt(chains)); None when there are none."""
+    """The rows of one setting of llc.csv (as devtms.llc.table reads it) fit to judge jumps:
+    healthy ones (so never a checkpoint that is not at a local minimum), with llc_sem (else
+    std / sqrt(chains)); None when there are none."""
     if llc.empty or "llc_mean" not in llc:
         return None
     llc = llc[llc["healthy"]].copy()
@@ -274,6 +276,8 @@ class AnalyzeResult:
     written: list[str] = field(default_factory=list)  # files whose bytes changed
     sequences: dict[int, list[tuple[int, str]]] = field(default_factory=dict)  # m = 2 only
     have_llc: bool = False
+    llc_setting: str = ""  # the id of the LLC setting read (devtms.llc.active)
+    llc_note: str = ""  # what to do when that setting has no usable estimates
 
 
 def _read_own(run: RunDir, name: str) -> pd.DataFrame | None:
@@ -285,11 +289,18 @@ def _read_own(run: RunDir, name: str) -> pd.DataFrame | None:
 
 
 def analyze_run(run: RunDir, thresholds: geo.Thresholds = geo.DEFAULT,
-                settings: tr.Settings | None = None, progress: bool = True) -> AnalyzeResult:
-    """Run the analyze stage on a trained run (the caller holds the run lock)."""
+                settings: tr.Settings | None = None, progress: bool = True,
+                llc_setting: str | None = None) -> AnalyzeResult:
+    """Run the analyze stage on a trained run (the caller holds the run lock).
+
+    llc_setting: the id of the LLC setting of llc.csv to read (default: the run's active one);
+    UserError if llc.csv has no such setting. Checked before anything is written.
+    """
     from devtms.progress import progress_bar
 
     settings = settings or tr.Settings()
+    llc_all = read_llc_table(run, check_settings=False)
+    setting, llc_rows = choose(run, llc_all, llc_setting)
     params = {"version": VERSION, "thresholds": thresholds.to_dict()}
     existing = _read_own(run, GEOMETRY_CSV)
     if existing is not None and (run.stage("analyze").get("geometry") != params
@@ -310,7 +321,7 @@ def analyze_run(run: RunDir, thresholds: geo.Thresholds = geo.DEFAULT,
         raise RunDirError(f"{run.path} has no {TRAIN_LOG}: re-run `devtms train CONFIG --out "
                           f"{run.path} --resume`")
     losses = checkpoint_losses(train_log, steps)
-    llc = usable_llc(read_llc_table(run, check_settings=False))
+    llc = usable_llc(llc_rows)
     events = transitions_table(geometry, losses, llc, settings)
     per_instance = instance_summary(run.instances, geometry, losses, llc, events, settings)
     summary = summary_table(run.instances, per_instance)
@@ -318,11 +329,15 @@ def analyze_run(run: RunDir, thresholds: geo.Thresholds = geo.DEFAULT,
         if run.write_table_if_changed(name, table):
             written.append(name)
     status = {"done": True, "geometry": params, "transitions": settings.to_dict(),
-              "llc": llc is not None}
+              "llc": llc is not None, "llc_setting": to_dict(setting)}
     if run.stage("analyze") != {**run.stage("analyze"), **status}:
         run.set_stage("analyze", **status)
         written.append("run.json")
     sequences = kgon_sequences(geometry, settings.min_persist) \
         if run.config.model.n_hidden == 2 else {}
+    note = ""
+    if len(llc_all) and not len(llc_rows):
+        note = (f"llc.csv has no estimates at the setting {setting.id}; run `devtms llc "
+                f"{run.path}` to compute it, or pick one present with --setting")
     return AnalyzeResult(geometry, events, summary, len(todo) * len(instances), written,
-                         sequences, llc is not None)
+                         sequences, llc is not None, setting.id, note)

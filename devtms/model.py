@@ -15,9 +15,11 @@ This is the transpose of Anthropic's notebook (which stores (instances, n, m)) a
 an ordinary module unchanged.
 
 Loss per instance: the importance-weighted squared error, reduced over the n features by
-`reduction` ("mean" = torch's MSELoss on one instance, "sum" = Anthropic's sum over
-features), then averaged over the batch. Instances never interact: the gradient of
-`loss(...).sum()` with respect to instance i's parameters is the gradient of its own loss.
+`reduction` ("mean" = torch's MSELoss on one instance and Anthropic's notebook, "sum" = the
+squared norm of the error, as Chen et al. 2023 write it), then averaged over the batch. (The
+LLC is always measured on the summed loss: devtms.llc.params.LLC_REDUCTION.) Instances never
+interact: the gradient of `loss(...).sum()` with respect to instance i's parameters is the
+gradient of its own loss.
 """
 
 from __future__ import annotations

@@ -28,14 +28,18 @@ class StudyResult:
 
 
 def run_study(run: RunDir, *, device: str = "cpu", executor: Executor | None = None,
-              progress: bool = True, say: Callable[[str], None] = print) -> StudyResult:
-    """Run every stage on `run` (the caller holds the run lock)."""
+              progress: bool = True, say: Callable[[str], None] = print,
+              llc_setting: str | None = None) -> StudyResult:
+    """Run every stage on `run` (the caller holds the run lock). llc_setting: the id of the LLC
+    setting analyze and report read (default: the run's active one); checked first."""
     from devtms.analyze import analyze_run
-    from devtms.llc import build_request, run_llc
+    from devtms.llc import build_request, choose, read_llc_table, run_llc
     from devtms.report import default_out, load_run, write_report
     from devtms.train import train_run
 
     result = StudyResult(run, default_out([run.path]))
+    if llc_setting is not None:  # a bad id fails before any stage writes
+        choose(run, read_llc_table(run, check_settings=False), llc_setting)
 
     def stage(name: str, fn: Callable[[], str]) -> None:
         start = time.perf_counter()
@@ -52,16 +56,19 @@ def run_study(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
         return done + (f"; {len(diverged)} instance(s) diverged" if diverged else "")
 
     def llc() -> str:
-        summary = run_llc(run, build_request(run, device=device), executor, progress=progress)
-        return (f"{summary.computed} estimates computed, {summary.already_done} already done, "
-                f"{summary.unhealthy} flagged unhealthy")
+        request = build_request(run, device=device)
+        summary = run_llc(run, request, executor, progress=progress)
+        states = f" ({summary.state_counts})" if summary.unhealthy else ""
+        return (f"setting {request.params.tag(request.engine)}: {summary.computed} estimates "
+                f"computed, {summary.already_done} already done, {summary.unhealthy} not "
+                f"healthy{states}")
 
     def analyze() -> str:
-        analyzed = analyze_run(run, progress=progress)
+        analyzed = analyze_run(run, progress=progress, llc_setting=llc_setting)
         return f"wrote {', '.join(analyzed.written) or 'nothing (up to date)'}"
 
     def report() -> str:
-        written = write_report([load_run(run.path)], result.report)
+        written = write_report([load_run(run.path, llc_setting)], result.report)
         return f"{result.report} ({len(written.figures) // 2} figures)"
 
     for name, fn in (("train", train), ("llc", llc), ("analyze", analyze), ("report", report)):

@@ -155,8 +155,10 @@ def test_clearly_negative_and_impossibly_large_llcs_are_flagged():
     loss = torch.stack([torch.full((4, 10), 0.5), torch.full((4, 10), 10.0)])
     loss = loss + 1e-3 * torch.arange(4.0)[:, None]
     rows = llc.summarize(loss, torch.tensor([1.0, 1.0], dtype=torch.float64), 100.0, 18)
-    assert "negative" in rows[0]["reason"] and not rows[0]["healthy"]
-    assert "above d/2" in rows[1]["reason"] and not rows[1]["healthy"]
+    assert rows[0]["state"] == "not_at_minimum" and not rows[0]["healthy"]
+    assert "below the checkpoint's loss" in rows[0]["reason"]
+    assert rows[1]["state"] == "implausible" and not rows[1]["healthy"]
+    assert "above d/2" in rows[1]["reason"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,7 +49,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--show", type=int, default=24, metavar="N",
                    help="print the k-gon sequence of each instance when the run has at most N "
                         "instances, else the N most common sequences (default 24)")
+    add_setting(p)
     p.set_defaults(func=run)
+
+
+def add_setting(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--setting", metavar="ID",
+                   help="the LLC setting of llc.csv to read (its id in the `setting` column; a "
+                        "unique prefix will do). Default: the run's active setting, the config's "
+                        "[llc] section until `devtms calibrate --auto` or `devtms llc --activate`")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.run_dir}: training is not complete; finish it with `devtms train "
                         f"CONFIG --out {args.run_dir} --resume` before analysing")
     with run_dir.lock("devtms analyze"):
-        result = analyze_run(run_dir)
+        result = analyze_run(run_dir, llc_setting=args.setting)
     print_report(run_dir, result, args.show)
     return 0
 
@@ -93,6 +101,10 @@ def print_report(run_dir, result, show: int) -> None:
           f"jumps, {int((ev['kind'] == 'kgon_change').sum())} k-gon changes, "
           f"{len(ev) - len(drops)} events in all"
           + ("" if result.have_llc else " (no llc.csv: run `devtms llc` to add LLC jumps)"))
+    if result.have_llc:
+        print(f"LLC: the healthy estimates of setting {result.llc_setting}")
+    elif result.llc_note:
+        print(f"note: {result.llc_note}")
     if len(drops):
         with_geo = drops["coincides_geometry"].astype(bool)
         line = f"loss drops with a geometry change within tolerance: {with_geo.sum()}/{len(drops)}"

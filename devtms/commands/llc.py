@@ -16,20 +16,28 @@ The LLC measures the effective number of parameters of the loss basin a checkpoi
 tempered posterior localized at the checkpoint, and
     llc = n_beta * (mean sampled minibatch loss - loss at the checkpoint).
 
-Results go to RUN_DIR/llc.csv (one row per instance x step x hyperparameters x engine, with
-llc_mean, llc_std over chains, llc_sem, health) and the sampled loss traces to
-RUN_DIR/llc_traces/. Only estimates missing from llc.csv are computed, and rows are appended
-after every chunk, so a killed job resumes where it stopped when you run the same command again.
+Results go to RUN_DIR/llc.csv (one row per instance x step x setting, where a setting is the
+engine and its hyperparameters, named by a short id in the `setting` column; with llc_mean,
+llc_std over chains, llc_sem, the convergence diagnostics rhat, ess_bulk, llc_drift and
+mala_acceptance, and a state: healthy, not_at_minimum, implausible, unconverged or diverged)
+and the sampled loss traces to RUN_DIR/llc_traces/. Only estimates missing from llc.csv are
+computed, and rows are appended after every chunk, so a killed job resumes where it stopped
+when you run the same command again.
 """
 
 EPILOG = """\
-defaults: the run's [llc] config section (eps, gamma, chains, draws, burnin, batch_size, seed);
-n_beta defaults to N / log N of the LLC dataset (N = data.n_samples of a finite-data run).
+defaults: the run's active LLC setting: the config's [llc] section (eps, gamma, chains, draws,
+burnin, batch_size, seed) until `devtms calibrate RUN --auto` or `devtms llc RUN --activate ...`
+replaces it; the flags below change single values of it. n_beta defaults to N / log N of the
+LLC dataset (N = data.n_samples of a finite-data run) on the loss SUMMED over features, whatever
+the model's training reduction: the LLC is measured on that loss (docs/science.md).
+`analyze`, `report` and `study` read the active setting's rows of llc.csv (or --setting ID).
 
 examples:
   devtms llc runs/quick                            # every instance, every checkpoint
   devtms llc runs/quick --steps last --instances 0-3
   devtms llc runs/quick --steps 100-1000 --eps 3e-4 --gamma 300 --draws 400
+  devtms llc runs/quick --eps 2e-4 --burnin 2000 --activate   # compute it and make it active
   devtms llc runs/quick --engine devinterp --steps last --instances 0   # the reference engine
   devtms llc runs/quick --scheduler dask           # chunks on a LocalCluster, a worker per core
   devtms llc runs/quick --scheduler tcp://HOST:8786  # on a running Dask cluster (SLURM ...)
@@ -54,9 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory from `devtms train`")
     add_selection(p)
-    p.add_argument("--engine", choices=("batched", "devinterp"), default="batched",
-                   help="batched (default) or devinterp (the reference, slow)")
+    p.add_argument("--engine", choices=("batched", "devinterp"),
+                   help="batched (the default setting's) or devinterp (the reference, slow)")
     add_hyperparameters(p)
+    p.add_argument("--activate", action="store_true",
+                   help="make this job's setting the run's active one (what analyze, report "
+                        "and study read), once its estimates are computed")
     p.add_argument("--chunk-size", type=int, metavar="K",
                    help="estimates per chunk (default: from a 512 MB memory budget)")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
@@ -103,15 +114,22 @@ def run(args: argparse.Namespace) -> int:
         overrides=overrides(args), device=args.device, chunk_size=args.chunk_size,
         compile_setting=args.compile)
     with open_executor(args.scheduler) as executor, run_dir.lock("devtms llc"):
+        if args.activate:  # first, so that the stage's record counts this setting
+            llc.activate(run_dir, llc.Setting(request.params, request.engine,
+                                              "devtms llc --activate"))
         summary = llc.run_llc(run_dir, request, executor)
     for note in run_dir.notes:  # repairs of damaged files
         print(f"note: {note}", file=sys.stderr)
-    p = request.params
-    print(f"llc ({request.engine}, eps={p.eps:g}, gamma={p.gamma:g}, n_beta={p.n_beta:.4g}, "
-          f"{p.chains} chains x {p.draws} draws after {p.burnin} burn-in): "
-          f"{summary.computed} estimated, {summary.already_done} already in "
-          f"{args.run_dir / LLC_CSV}")
+    setting = llc.Setting(request.params, request.engine)
+    active = llc.active_setting(run_dir)
+    print(f"llc, setting {setting.describe()}: {summary.computed} estimated, "
+          f"{summary.already_done} already in {args.run_dir / LLC_CSV}")
+    print(f"the run's active setting: {active.id}" + (
+        " (this one)" if active.id == setting.id else
+        f"; pass --activate to make {setting.id} active, or --setting {setting.id} to analyze "
+        "and report"))
     if summary.unhealthy:
-        print(f"warning: {summary.unhealthy} estimate(s) unhealthy (healthy = false; see the "
-              "reason column); consider `devtms calibrate`", file=sys.stderr)
+        print(f"warning: {summary.unhealthy} of {summary.computed} estimate(s) not healthy "
+              f"({summary.state_counts}); see the state and reason columns; "
+              "consider `devtms calibrate RUN --auto`", file=sys.stderr)
     return 0

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from devtms.commands.analyze import add_setting
 from devtms.errors import UserError
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, metavar="FILE.html",
                    help="the HTML file to write (default RUN_DIR/report/index.html; required "
                         "with several RUN_DIRs)")
+    add_setting(p)
     p.set_defaults(func=run)
 
 
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     check_out(out)
     if len({p.resolve() for p in args.run_dirs}) != len(args.run_dirs):
         raise UserError("the same RUN_DIR is given twice")
-    runs = [load_run(p) for p in args.run_dirs]  # validates every run before writing anything
+    runs = [load_run(p, args.setting) for p in args.run_dirs]  # validates all before writing
     owner = _owning_run(out, [r.run for r in runs])
     if owner is None:
         result = write_report(runs, out)

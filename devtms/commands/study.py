@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from devtms.commands import add_device, add_scheduler, open_executor
+from devtms.commands.analyze import add_setting
 
 DESCRIPTION = """\
 Run a whole study on a config or preset: train every instance, estimate the LLC at every
@@ -26,7 +27,9 @@ examples:
   devtms study runs/quick                    # continue (or re-report) an existing run
   devtms study quick --scheduler dask        # train shards and LLC chunks on a LocalCluster
 
-The stages separately: devtms train, devtms llc, devtms analyze, devtms report.
+The stages separately: devtms train, devtms llc, devtms analyze, devtms report. The LLC stage
+computes the run's active LLC setting (the config's [llc] section until `devtms calibrate RUN
+--auto` replaces it); analyze and report read it, or the setting --setting names.
 """
 
 
@@ -41,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
     p.add_argument("--force", action="store_true",
                    help="replace an existing run in --out and start over")
+    add_setting(p)
     add_device(p)
     add_scheduler(p)
     p.set_defaults(func=run)
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     with open_executor(args.scheduler) as executor, lock_dir(out, "devtms study"):
         run_dir = open_run_dir(out, config, action, args.scheduler)
         print(f"study {config.name}: {len(run_dir.instances)} instances -> {out}")
-        result = run_study(run_dir, device=device, executor=executor)
+        result = run_study(run_dir, device=device, executor=executor, llc_setting=args.setting)
     for note in run_dir.notes:  # repairs of damaged files
         print(f"note: {note}", file=sys.stderr)
     print(f"done in {time.perf_counter() - start:.0f} s; open {result.report}")

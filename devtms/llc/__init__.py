@@ -9,12 +9,14 @@ holds one row per estimate.
 One job a module:
 
     params.py     LLCParams: a setting's resolved hyperparameters; SETTING_COLUMNS, its name
+    active.py     the run's active setting (run.json) and choosing a setting's rows of llc.csv
     sgld.py       the SGLD update rule and the fused, batched TMS step (compiled or eager)
     batched.py    the batched engine: chunk -> activation groups -> tiles of chains
     reference.py  devinterp's estimator, the reference engine for cross-checks
     engines.py    estimate_chunk(task): either engine behind one call
     task.py       ChunkTask / ChunkResult: what an engine gets and gives; shared result assembly
-    health.py     LLC statistics and health from loss traces
+    health.py     LLC statistics, diagnostics and the state of every estimate
+    convergence.py  R-hat and ESS of loss traces (ArviZ)
     plan.py       chunk sizes and cuts, and whether the job compiles
     table.py      llc.csv and llc_traces/: their only reader and writer
     request.py    a validated `devtms llc` job and the tensors its chunks are cut from
@@ -24,6 +26,7 @@ One job a module:
     >>> run_llc(run, request)                        # writes llc.csv, llc_traces/, run.json
 """
 
+from devtms.llc.active import Setting, activate, active_setting, choose, settings_present
 from devtms.llc.batched import NOISE_BLOCK, noise_block, run_chains, tile_shape
 from devtms.llc.engines import ENGINES, estimate_chunk
 from devtms.llc.health import summarize
@@ -44,7 +47,8 @@ from devtms.llc.task import ChunkResult, ChunkTask
 
 __all__ = [
     "COLUMNS", "CONTRACT_COLUMNS", "ENGINES", "IDENTITY", "NOISE_BLOCK", "SETTING_COLUMNS",
-    "ChunkResult", "ChunkTask", "LLCParams", "LLCRequest", "LLCSummary", "RunInputs",
+    "ChunkResult", "ChunkTask", "LLCParams", "LLCRequest", "LLCSummary", "RunInputs", "Setting",
+    "activate", "active_setting", "choose", "settings_present",
     "auto_chunk_size", "build_request", "default_job_complete", "done_mask", "done_pairs",
     "estimate_chunk", "llc_dataset_size", "load_traces", "noise_block", "num_parameters",
     "plan_chunks", "read_llc_table", "run_chains", "run_llc", "summarize", "tile_shape",

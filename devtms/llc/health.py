@@ -1,14 +1,27 @@
-"""From loss traces to an estimate: the LLC statistics and the health of every estimate.
+"""From loss traces to an estimate: the LLC statistics, their diagnostics and the state of every
+estimate.
 
     lambda_hat(w*) = n_beta * (mean over draws of L_batch(w_t) - L_N(w*)),   per chain
 
-averaged over the chains that did not diverge. Health (`summarize`): a chain whose minibatch
-loss becomes non-finite or exceeds DIVERGENCE_FACTOR x max(init loss, LOSS_FLOOR) is diverged
-(the engines freeze it at w* and record NaN draws); the estimate's LLC is over the remaining
-chains and the row says healthy = false with the reason. An LLC whose mean + 2 sem < 0 (not
-at a local minimum, or eps too large) or mean - 2 sem > 1.1 d/2 (d/2 is the largest learning
-coefficient a d-parameter model can have; beyond SGLD's discretization bias this means eps too
-large or escaped chains) is flagged too.
+averaged over the chains that did not diverge. Every estimate gets one `state` (llc.csv), the
+first that applies, in this order:
+
+    diverged        the checkpoint's loss is not finite, or a chain's minibatch loss became
+                    non-finite or exceeded DIVERGENCE_FACTOR x max(init loss, LOSS_FLOOR) (the
+                    engines freeze such a chain at w* and record NaN draws; the llc is over the
+                    remaining chains)
+    not_at_minimum  the chains descend below the checkpoint's loss (llc mean + 2 sem < 0): w* is
+                    not a local minimum (early training), so there is no basin to measure. The
+                    report draws these apart and the transition detector skips them.
+    implausible     llc mean - 2 sem > 1.1 d/2, above the largest learning coefficient a
+                    d-parameter model can have: eps too large, or chains escaped the basin
+    unconverged     the loss trace after burn-in has not settled (devtms.llc.convergence):
+                    split R-hat > RHAT_MAX, bulk ESS < ESS_MIN, a drift between the halves of
+                    the draws larger than DRIFT_MAX x |llc| (and 3 of its sems), or MALA
+                    acceptance below MALA_MIN (eps too large for the basin's curvature)
+    healthy         none of the above; `healthy` = (state == "healthy")
+
+`reason` says which numbers tripped the state, all of them when several apply.
 """
 
 from __future__ import annotations
@@ -16,13 +29,22 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
+
+from devtms.llc.convergence import rhat_ess
 
 Tensor = torch.Tensor
 
 DIVERGENCE_FACTOR = 1e6  # a chain diverged once its minibatch loss exceeds this x init loss ...
 LOSS_FLOOR = 1e-6  # ... or this x DIVERGENCE_FACTOR, whichever is larger
 ABOVE_MAX_FACTOR = 1.1  # flag an llc more than 10% (and 2 sem) above d/2 (SGLD's bias is smaller)
+RHAT_MAX = 1.05  # split R-hat of the loss trace over chains
+ESS_MIN = 100.0  # bulk effective sample size of the loss trace, all chains pooled
+DRIFT_MAX = 0.10  # |second-half llc - first-half llc| relative to |llc|
+MALA_MIN = 0.5  # mean MALA acceptance below this: eps too large
+
+STATES = ("healthy", "not_at_minimum", "implausible", "unconverged", "diverged")
 
 
 def divergence_limit(init_loss: Tensor) -> Tensor:
@@ -32,44 +54,94 @@ def divergence_limit(init_loss: Tensor) -> Tensor:
 
 def summarize(loss: Tensor, init_loss: Tensor, n_beta: float, n_params: int,
               mala: Tensor | None = None) -> list[dict[str, Any]]:
-    """Per-estimate LLC statistics and health from loss traces.
+    """Per-estimate LLC statistics, diagnostics and state from loss traces.
 
-    loss: (E, chains, draws), NaN in the draws of diverged chains; init_loss: (E,).
+    loss: (E, chains, draws), NaN in the draws of diverged chains; init_loss: (E,);
+    mala: (E, chains) mean acceptance per chain, or None.
     llc per chain = n_beta * (mean draw loss - init loss); mean over healthy chains, std with
-    torch's unbiased .std() (as devinterp), sem = std / sqrt(healthy chains).
+    torch's unbiased .std() (as devinterp), sem = std / sqrt(healthy chains). R-hat, ESS and
+    drift are over the healthy chains too.
     """
+    E, C, T = loss.shape
     loss64 = loss.double()
     diverged = ~torch.isfinite(loss64).all(-1)  # (E, C)
     per_chain = n_beta * (loss64.mean(-1) - init_loss.double()[:, None])  # (E, C)
+    half = T // 2
+    drift_chain = n_beta * (loss64[..., T - half :].mean(-1) - loss64[..., :half].mean(-1)) \
+        if half else torch.full((E, C), float("nan"), dtype=torch.float64)  # (E, C)
+    rhat, ess = _convergence(loss, diverged)
     rows = []
-    for e in range(loss.shape[0]):
-        good = per_chain[e][~diverged[e]]
-        k = int(good.numel())
-        mean = float(good.mean()) if k else float("nan")
-        std = float(good.std()) if k > 1 else float("nan")
-        sem = std / math.sqrt(k) if k > 1 else float("nan")
-        reasons = []
-        if not math.isfinite(float(init_loss[e])):
-            reasons.append("the checkpoint's loss is not finite (its training diverged)")
-        elif k < loss.shape[1]:
-            reasons.append(
-                f"diverged: {loss.shape[1] - k} of {loss.shape[1]} chains (non-finite or exploding "
-                f"loss){'; llc over the rest' if k else ''}")
-        if k > 1 and mean + 2 * sem < 0:
-            reasons.append("negative llc (mean + 2 sem < 0): not at a local minimum, or eps "
-                           "too large")
-        if k > 1 and mean - 2 * sem > ABOVE_MAX_FACTOR * n_params / 2:
-            reasons.append(f"llc above d/2 = {n_params / 2:g}, the largest possible: eps too "
-                           "large or chains escaped")
+    for e in range(E):
+        good = ~diverged[e]
+        k = int(good.sum())
+        mean, std, sem = _mean_std_sem(per_chain[e][good])
+        drift, drift_sem = _mean_std_sem(drift_chain[e][good])[::2]
         accept = float("nan")
         if mala is not None and k:
-            chains_ok = mala[e][~diverged[e]]
+            chains_ok = mala[e][good]
             chains_ok = chains_ok[torch.isfinite(chains_ok)]
             if chains_ok.numel():
                 accept = float(chains_ok.double().mean())
-        rows.append(dict(llc_mean=mean, llc_std=std, llc_sem=sem, num_diverged=loss.shape[1] - k,
-                         mala_acceptance=accept, healthy=not reasons, reason="; ".join(reasons)))
+        state, reasons = _state(float(init_loss[e]), k, C, mean, sem, n_params, rhat[e], ess[e],
+                                drift, drift_sem, accept)
+        rows.append(dict(llc_mean=mean, llc_std=std, llc_sem=sem, num_diverged=C - k,
+                         mala_acceptance=accept, rhat=float(rhat[e]), ess_bulk=float(ess[e]),
+                         llc_drift=drift, state=state, healthy=state == "healthy",
+                         reason="; ".join(reasons)))
     return rows
+
+
+def _mean_std_sem(values: Tensor) -> tuple[float, float, float]:
+    k = int(values.numel())
+    mean = float(values.mean()) if k else float("nan")
+    std = float(values.std()) if k > 1 else float("nan")
+    return mean, std, std / math.sqrt(k) if k > 1 else float("nan")
+
+
+def _convergence(loss: Tensor, diverged: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """R-hat and ESS per estimate over its healthy chains: one ArviZ call for the estimates
+    whose chains all survived, one per estimate for the others. -> ((E,), (E,))"""
+    E = loss.shape[0]
+    rhat, ess = np.full(E, np.nan), np.full(E, np.nan)
+    whole = (~diverged.any(-1)).nonzero().flatten()
+    if whole.numel():
+        rhat[whole.numpy()], ess[whole.numpy()] = rhat_ess(loss[whole])
+    for e in diverged.any(-1).nonzero().flatten().tolist():
+        good = ~diverged[e]
+        if int(good.sum()) >= 2:
+            r, s = rhat_ess(loss[e, good][None])
+            rhat[e], ess[e] = r[0], s[0]
+    return rhat, ess
+
+
+def _state(init: float, k: int, C: int, mean: float, sem: float, n_params: int, rhat: float,
+           ess: float, drift: float, drift_sem: float, accept: float) -> tuple[str, list[str]]:
+    """(state, reasons): the first state in the module docstring's order that applies."""
+    if not math.isfinite(init):
+        return "diverged", ["the checkpoint's loss is not finite (its training diverged)"]
+    if k < C:
+        return "diverged", [f"diverged: {C - k} of {C} chains (non-finite or exploding "
+                            f"loss){'; llc over the rest' if k else ''}"]
+    if k > 1 and mean + 2 * sem < 0:
+        return "not_at_minimum", ["not at a local minimum: the chains descend below the "
+                                  "checkpoint's loss (llc mean + 2 sem < 0)"]
+    if k > 1 and mean - 2 * sem > ABOVE_MAX_FACTOR * n_params / 2:
+        return "implausible", [f"llc above d/2 = {n_params / 2:g}, the largest possible: eps "
+                               "too large or chains escaped"]
+    reasons = []
+    if not rhat <= RHAT_MAX:
+        reasons.append(f"unconverged: R-hat {rhat:.3g} > {RHAT_MAX:g}" if math.isfinite(rhat)
+                       else "unconverged: too few draws for R-hat")
+    if not ess >= ESS_MIN:
+        reasons.append(f"unconverged: ESS {ess:.0f} < {ESS_MIN:g}" if math.isfinite(ess)
+                       else "unconverged: too few draws for ESS")
+    if abs(drift) > DRIFT_MAX * abs(mean) and abs(drift) > 3 * drift_sem:
+        reasons.append(f"unconverged: the llc drifts by {drift:+.3g} between the halves of the "
+                       "draws")
+    if accept < MALA_MIN:
+        reasons.append(f"unconverged: MALA acceptance {accept:.2f} < {MALA_MIN:g} (eps too "
+                       "large)")
+    return ("unconverged", reasons) if reasons else ("healthy", [])
 
 
 def join_reasons(a: str, b: str) -> str:

@@ -17,8 +17,16 @@ from devtms.config import LLCConfig, RunConfig
 # llc.csv's columns that identify a setting (with instance and step: an estimate), in the
 # order the table is sorted by. `LLCParams.identity` fills them, in this order.
 SETTING_COLUMNS = ("engine", "eps", "gamma", "n_beta", "num_chains", "num_draws", "burnin",
-                   "batch_size", "seed", "n_samples")
+                   "batch_size", "seed", "n_samples", "loss_reduction")
 FLOAT_SETTING_COLUMNS = ("eps", "gamma", "n_beta")  # compared within rounding
+
+# The loss the sampler sees and the LLC is measured on: the per-sample squared error SUMMED over
+# features (the negative log-likelihood of a Gaussian output-noise model, up to constants),
+# whatever `model.reduction` the run trained with. The learning coefficient does not depend on
+# how the loss is reduced, but an estimate at finite n_beta does: averaging over n features makes
+# the posterior n times hotter, and the localization then pins the chains (docs/science.md,
+# "The temperature convention"). llc.csv records it in the column `loss_reduction`.
+LLC_REDUCTION = "sum"
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,8 @@ class LLCParams:
 
     @classmethod
     def resolve(cls, llc: LLCConfig, n_samples: int) -> LLCParams:
-        """n_beta None -> N / log N of the LLC dataset (devtms's default; devinterp's is B / log B)."""
+        """n_beta None -> N / log N of the LLC dataset (devtms's default; devinterp's is B / log B),
+        on the scale of LLC_REDUCTION's loss."""
         n_beta = llc.n_beta if llc.n_beta is not None else n_samples / math.log(n_samples)
         return cls(eps=float(llc.eps), gamma=float(llc.gamma), n_beta=float(n_beta),
                    chains=llc.chains, draws=llc.draws, burnin=llc.burnin,
@@ -52,10 +61,12 @@ class LLCParams:
         """The values of SETTING_COLUMNS for these hyperparameters and `engine`."""
         return dict(engine=engine, eps=self.eps, gamma=self.gamma, n_beta=self.n_beta,
                     num_chains=self.chains, num_draws=self.draws, burnin=self.burnin,
-                    batch_size=self.batch_size, seed=self.seed, n_samples=self.n_samples)
+                    batch_size=self.batch_size, seed=self.seed, n_samples=self.n_samples,
+                    loss_reduction=LLC_REDUCTION)
 
     def tag(self, engine: str) -> str:
-        """A short stable name for these hyperparameters (trace file names)."""
+        """A short stable name for these hyperparameters and engine: the `setting` column of
+        llc.csv, `--setting ID`, and the trace file names."""
         return hashlib.blake2b(repr(sorted(self.identity(engine).items())).encode(),
                                digest_size=5).hexdigest()
 

@@ -3,6 +3,7 @@ its chunks are cut from."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,8 +11,9 @@ import torch
 
 from devtms.data import importance_weights, llc_data
 from devtms.errors import UserError
+from devtms.llc.active import active_setting
 from devtms.llc.engines import ENGINES
-from devtms.llc.params import LLCParams, llc_dataset_size
+from devtms.llc.params import LLC_REDUCTION, LLCParams
 from devtms.llc.plan import use_compile
 from devtms.llc.task import ChunkTask
 from devtms.options import check_device, parse_instances, parse_steps
@@ -32,10 +34,16 @@ class LLCRequest:
 
 
 def build_request(run: RunDir, *, instances: str | None = None, steps: str | None = None,
-                  engine: str = "batched", overrides: dict[str, Any] | None = None,
+                  engine: str | None = None, overrides: dict[str, Any] | None = None,
                   device: str = "cpu", chunk_size: int | None = None,
                   compile_setting: str = "auto") -> LLCRequest:
-    """Validate a job against the run; raises UserError naming the problem. Writes nothing."""
+    """Validate a job against the run; raises UserError naming the problem. Writes nothing.
+
+    The hyperparameters are the run's active setting (devtms.llc.active) with `overrides`
+    replacing some of them; engine None: the active setting's engine.
+    """
+    active = active_setting(run)
+    engine = engine or active.engine
     if engine not in ENGINES:
         raise UserError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if not run.stage_done("train"):
@@ -43,8 +51,8 @@ def build_request(run: RunDir, *, instances: str | None = None, steps: str | Non
                         "`devtms train CONFIG --out RUN_DIR --resume`")
     if chunk_size is not None and chunk_size < 1:
         raise UserError(f"--chunk-size {chunk_size} is not allowed: must be an integer >= 1")
-    config = run.config.with_llc(**(overrides or {}))
-    params = LLCParams.resolve(config.llc, llc_dataset_size(config))
+    config = run.config.with_llc(**(overrides or {}))  # validates the values
+    params = dataclasses.replace(active.params, **(overrides or {}))
     if params.batch_size > params.n_samples:
         raise UserError(f"--batch-size {params.batch_size} is larger than the LLC dataset "
                         f"(N = {params.n_samples})")
@@ -87,5 +95,5 @@ class RunInputs:
             activations=list(t["activation"]), steps=list(steps),
             W0=self.W[rows][:, cols].contiguous(), b0=self.b[rows][:, cols].contiguous(),
             data=self.data[rows].contiguous(), importance=self.importance[rows].contiguous(),
-            bias=self.config.model.bias, reduction=self.config.model.reduction,
+            bias=self.config.model.bias, reduction=LLC_REDUCTION,
             params=request.params, compiled=request.compiled, device=request.device)

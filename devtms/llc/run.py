@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from devtms.executors import Executor, LocalExecutor
 from devtms.llc import table as llc_table
+from devtms.llc.active import active_setting
 from devtms.llc.engines import estimate_chunk
-from devtms.llc.params import LLCParams
 from devtms.llc.plan import auto_chunk_size, plan_chunks
 from devtms.llc.request import LLCRequest, RunInputs
 from devtms.progress import progress_bar
@@ -28,13 +28,18 @@ class LLCSummary:
     computed: int
     unhealthy: int
     chunks: int
+    states: dict[str, int] = field(default_factory=dict)  # state -> estimates computed
+
+    @property
+    def state_counts(self) -> str:
+        return ", ".join(f"{n} {state}" for state, n in sorted(self.states.items()))
 
 
 def run_llc(run: RunDir, request: LLCRequest, executor: Executor | None = None,
             progress: bool = True) -> LLCSummary:
     """Estimate what `request` asks and llc.csv lacks, appending after every chunk, then record
-    the stage in run.json ("done": llc.csv covers every instance x checkpoint at the run's own
-    setting). Holds no lock: the caller holds `run.lock(...)`."""
+    the stage in run.json ("done": llc.csv covers every instance x checkpoint at the run's
+    active setting). Holds no lock: the caller holds `run.lock(...)`."""
     summary = _estimate_pending(run, request, executor or LocalExecutor(), progress)
     run.set_stage("llc", done=default_job_complete(run))
     return summary
@@ -70,13 +75,16 @@ def _estimate_pending(run: RunDir, request: LLCRequest, executor: Executor,
             table = llc_table.append_rows(run, table, result.rows)
             summary.computed += len(result.rows)
             summary.unhealthy += sum(not row["healthy"] for row in result.rows)
+            for row in result.rows:
+                summary.states[row["state"]] = summary.states.get(row["state"], 0) + 1
             bar.update(len(result.rows))
     return summary
 
 
 def default_job_complete(run: RunDir) -> bool:
-    """Whether llc.csv has every instance x checkpoint at the run's own [llc] settings (batched)."""
+    """Whether llc.csv has every instance x checkpoint at the run's active setting."""
     table = llc_table.read_llc_table(run)
-    pairs = llc_table.done_pairs(table, LLCParams.of_run(run.config), "batched")
+    active = active_setting(run)
+    pairs = llc_table.done_pairs(table, active.params, active.engine)
     return all((int(i), s) in pairs for i in run.instances["instance"]
                for s in run.checkpoint_steps())

@@ -38,7 +38,8 @@ Tensor = torch.Tensor
 # llc.csv: the contract columns (docs/design.md) first, then devtms's additions.
 CONTRACT_COLUMNS = ["instance", "step", "llc_mean", "llc_std", "init_loss", "num_chains",
                     "num_draws", "eps", "gamma", "n_beta", "engine", "healthy"]
-EXTRA_COLUMNS = ["burnin", "batch_size", "seed", "n_samples", "llc_sem", "num_diverged",
+EXTRA_COLUMNS = ["setting", "burnin", "batch_size", "seed", "n_samples", "loss_reduction",
+                 "llc_sem", "state", "rhat", "ess_bulk", "llc_drift", "num_diverged",
                  "mala_acceptance", "reason"]
 COLUMNS = CONTRACT_COLUMNS + EXTRA_COLUMNS
 # What identifies an estimate (and the table's sort order): a row with these values is never

@@ -108,12 +108,14 @@ def make_result(task: ChunkTask, init: Tensor, loss: Tensor, mala: Tensor,
     rows = []
     for e, (i, s) in enumerate(np.ndindex(I, S)):
         row = dict(instance=task.instances[i], step=task.steps[s],
-                   **task.params.identity(task.engine), init_loss=float(init[i, s]), **stats[e])
+                   setting=task.params.tag(task.engine), **task.params.identity(task.engine),
+                   init_loss=float(init[i, s]), **stats[e])
         if reported is not None:  # the reference engine reports devinterp's own numbers
             mean, std, error = reported[(i, s)]
             row.update(llc_mean=mean, llc_std=std, llc_sem=std / math.sqrt(task.params.chains))
             if error:
-                row.update(healthy=False, reason=join_reasons(row["reason"], error))
+                row.update(healthy=False, reason=join_reasons(row["reason"], error),
+                           state="diverged" if row["state"] == "healthy" else row["state"])
         rows.append(row)
     traces = dict(
         instance=torch.tensor(task.instances, dtype=torch.int64).repeat_interleave(S),

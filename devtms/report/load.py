@@ -14,10 +14,8 @@ ratio, ... where the run sweeps them): per-condition figures overlay the seeds.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,11 +23,11 @@ import pandas as pd
 from devtms import geometry as geo
 from devtms.analyze import update_geometry
 from devtms.errors import UserError
-from devtms.llc.params import SETTING_COLUMNS
-from devtms.llc.table import read_llc_table
+from devtms.llc.active import Setting, choose
+from devtms.llc.table import empty_table, read_llc_table
 from devtms.report.figures.layout import Panel
 from devtms.report.figures.style import activation_order, style
-from devtms.report.format import MISSING, fmt
+from devtms.report.format import fmt
 from devtms.store import GEOMETRY_CSV, SUMMARY_CSV, TRAIN_LOG, TRANSITIONS_CSV, RunDir
 
 CONDITION_FIELDS = ("activation", "n_features", "n_hidden", "data", "sparsity",
@@ -56,7 +54,7 @@ class RunData:
     diverged: list[int]
     notes: list[str] = field(default_factory=list)  # stages not run, with what to do
     llc_all: pd.DataFrame | None = None  # every row of llc.csv, every setting (None: no LLC)
-    llc_setting: dict[str, Any] = field(default_factory=dict)  # the plotted one
+    llc_setting: Setting | None = None  # the plotted one (the active, or --setting)
 
     @property
     def m(self) -> int:
@@ -67,8 +65,11 @@ class RunData:
         return int(self.steps[-1])
 
 
-def load_run(path: Path) -> RunData:
-    """Open and read a trained run directory. Bad input raises UserError; nothing is written."""
+def load_run(path: Path, setting_id: str | None = None) -> RunData:
+    """Open and read a trained run directory. Bad input raises UserError; nothing is written.
+
+    setting_id: the LLC setting of llc.csv the figures show (default: the run's active one).
+    """
     run = RunDir.open(Path(path))
     steps = run.checkpoint_steps()
     train_log = run.read_table(TRAIN_LOG)
@@ -84,9 +85,13 @@ def load_run(path: Path) -> RunData:
         notes.append(f"training is incomplete (last checkpoint at step {steps[-1]}): the report "
                      f"shows what exists; resume with `devtms train CONFIG --out {path} --resume`")
     llc_all = display_llc(read_llc_table(run, check_settings=False))
-    llc, setting = plotted_llc(llc_all, run)
-    if llc is None:
+    setting, llc = plotted_llc(llc_all, run, setting_id)
+    if llc_all is None:
         notes.append(f"no LLC estimates yet: run `devtms llc {path}`")
+    elif llc is None:
+        notes.append(f"llc.csv has no estimates at the LLC setting {setting.describe()}: run "
+                     f"`devtms llc {path}` to compute it, or show another with --setting "
+                     f"(present: {', '.join(sorted(set(llc_all.get('setting', []))))})")
     geometry = run.read_table(GEOMETRY_CSV)
     source = "analyze"
     if geometry is None:  # analyze has not run: its geometry, computed here, not written
@@ -98,9 +103,9 @@ def load_run(path: Path) -> RunData:
                      f"`devtms analyze {path}`; geometry is computed from the checkpoints and "
                      "the summary table is provisional")
     diverged = [int(i) for i in run.stage("train").get("diverged", [])]
-    if llc_all is not None and len(llc) < len(llc_all):
+    if llc is not None and len(llc) < len(llc_all):
         notes.append(f"llc.csv holds estimates of several LLC settings: the figures show "
-                     f"{setting_text(setting)}; all settings are listed under provenance")
+                     f"{setting.describe()}; all settings are listed under provenance")
     return RunData(run, Path(path).resolve().name, instances, _panels(instances), train_log,
                    steps, llc, geometry, source, transitions, summary, diverged, notes,
                    llc_all, setting)
@@ -152,46 +157,9 @@ def display_llc(llc: pd.DataFrame) -> pd.DataFrame | None:
     return llc
 
 
-def plotted_llc(llc: pd.DataFrame | None, run: RunDir) -> tuple[pd.DataFrame | None, dict]:
-    """The rows of the one LLC setting the figures show, and that setting.
-
-    Preference: the setting of the run's [llc] config (eps, gamma, chains, draws, burn-in), then
-    the batched engine, then the most estimates.
-    """
-    if llc is None:
-        return None, {}
-    cols = [c for c in SETTING_COLUMNS if c in llc]
-    if not cols:
-        return llc, {}
-    keyed = llc.assign(_key=[tuple(r) for r in llc[cols].astype(str).itertuples(index=False)])
-    cfg = run.config.llc
-    wanted = {"eps": cfg.eps, "gamma": cfg.gamma, "num_chains": cfg.chains,
-              "num_draws": cfg.draws, "burnin": cfg.burnin}
-
-    def score(rows: pd.DataFrame) -> tuple:
-        first = rows.iloc[0]
-        matches = all(c not in rows or same_value(first[c], v) for c, v in wanted.items())
-        return (matches, str(first.get("engine", "")) == "batched", len(rows))
-
-    groups = list(keyed.groupby("_key", sort=False))
-    _, best = max(groups, key=lambda kv: score(kv[1]))
-    setting = {c: best.iloc[0][c] for c in cols}
-    return best.drop(columns="_key"), setting
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """Equal settings values: floats within rounding, missing (NaN, None, "—") equal missing."""
-    def missing(x: Any) -> bool:
-        return x is None or (isinstance(x, str) and x == MISSING) or (
-            isinstance(x, float | np.floating) and np.isnan(x))
-
-    if missing(a) or missing(b):
-        return missing(a) and missing(b)
-    try:
-        return math.isclose(float(a), float(b), rel_tol=1e-9)
-    except (TypeError, ValueError):
-        return str(a) == str(b)
-
-
-def setting_text(setting: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {fmt(v)}" for k, v in setting.items())
+def plotted_llc(llc: pd.DataFrame | None, run: RunDir, setting_id: str | None = None
+                ) -> tuple[Setting, pd.DataFrame | None]:
+    """The LLC setting the figures show (devtms.llc.active.choose: the run's active one, or
+    `setting_id`) and its rows of llc.csv, None when it has none."""
+    setting, rows = choose(run, llc if llc is not None else empty_table(), setting_id)
+    return setting, rows if len(rows) else None

@@ -27,7 +27,7 @@ import pandas as pd
 from devtms.llc.params import SETTING_COLUMNS
 from devtms.report.figures.style import activation_order, style
 from devtms.report.format import MISSING, fmt
-from devtms.report.load import CONDITION_FIELDS, RunData, same_value
+from devtms.report.load import CONDITION_FIELDS, RunData
 
 # ---------------------------------------------------------------------------------------------
 # For the figures
@@ -230,7 +230,7 @@ def llc_settings(data: RunData) -> pd.DataFrame | None:
     llc = data.llc_all  # None exactly when data.llc is None
     if llc is None:
         return None
-    cols = [c for c in SETTING_COLUMNS if c in llc]
+    cols = [c for c in ("setting", *SETTING_COLUMNS) if c in llc]
     if not cols:
         return None
     g = llc.fillna({c: MISSING for c in cols}).groupby(cols, dropna=False, sort=False)
@@ -238,8 +238,9 @@ def llc_settings(data: RunData) -> pd.DataFrame | None:
                 unhealthy=("healthy", lambda h: int((~h.astype(bool)).sum()))).reset_index()
     if "mala_acceptance" in llc:
         out["mean MALA acceptance"] = g["mala_acceptance"].mean().to_numpy()
-    out.insert(0, "plotted", [all(same_value(row[c], data.llc_setting.get(c)) for c in cols)
-                              for _, row in out.iterrows()])
+    plotted = data.llc_setting.id if data.llc_setting is not None else None
+    out.insert(0, "plotted", out["setting"].astype(str) == plotted if "setting" in out
+               else False)
     return out
 
 

@@ -141,8 +141,12 @@ def llc_ylim(ax: Axes, llc: pd.DataFrame) -> None:
         ax.set_ylim(*limits)
 
 
-def mark_outside(ax: Axes, x: np.ndarray, y: np.ndarray, color: str, hollow: np.ndarray) -> None:
-    """Points beyond the y limits as triangles at the edge (hollow: unhealthy)."""
+def mark_outside(ax: Axes, x: np.ndarray, y: np.ndarray, color: str, hollow: np.ndarray,
+                 skip: np.ndarray | None = None) -> None:
+    """Points beyond the y limits as triangles at the edge (hollow: unhealthy); `skip`: points
+    drawn otherwise (not at a local minimum)."""
+    if skip is not None:
+        x, y, hollow = x[~skip], y[~skip], hollow[~skip]
     lo, hi = ax.get_ylim()
     span = hi - lo
     for sel, edge, marker in ((y > hi, hi - 0.03 * span, "^"), (y < lo, lo + 0.03 * span, "v")):
@@ -167,18 +171,37 @@ def mark_divergence(ax: Axes, steps: np.ndarray, values: np.ndarray,
                     clip_on=False)
 
 
+NOT_AT_MINIMUM_COLOR = "#9a9a9a"
+NOT_AT_MINIMUM_NOTE = ("grey x at the bottom: not at a local minimum, no LLC (the chains descend "
+                       "below the checkpoint's loss)")
+
+
+def not_at_minimum(d: pd.DataFrame) -> np.ndarray:
+    """Rows of llc.csv whose checkpoint is not at a local minimum: they have no LLC to plot."""
+    if "state" not in d:
+        return np.zeros(len(d), bool)
+    return (d["state"] == "not_at_minimum").to_numpy(bool)
+
+
 def llc_curve(ax: Axes, d: pd.DataFrame, color: str, ls: str | tuple, ms: float = 3.5) -> None:
     """Mean and +-1 sd band through the healthy estimates; unhealthy ones as hollow markers,
-    unconnected (a line through them would draw a transition that is not there).
+    unconnected (a line through them would draw a transition that is not there); checkpoints
+    not at a local minimum as grey x at the bottom of the axes, never at their (negative) value.
 
-    d: step, llc_mean, llc_std, healthy (bool)."""
+    d: step, llc_mean, llc_std, healthy (bool)[, state]."""
     d = d.sort_values("step")
+    absent = not_at_minimum(d)
     healthy = d["healthy"].to_numpy(bool)
     x = d["step"].to_numpy(float)
     y = d["llc_mean"].to_numpy(float)
     sd = d["llc_std"].fillna(0).to_numpy(float)
     ok = healthy & np.isfinite(y)
+    flagged = ~healthy & ~absent
     ax.fill_between(x[ok], (y - sd)[ok], (y + sd)[ok], color=color, alpha=0.16, lw=0, zorder=2)
     ax.plot(x[ok], y[ok], color=color, ls=ls, lw=1.2, zorder=3)
     ax.plot(x[ok], y[ok], "o", color=color, ms=ms, zorder=4)
-    ax.plot(x[~healthy], y[~healthy], "o", mfc="white", mec=color, mew=1.1, ms=ms * 1.5, zorder=4)
+    ax.plot(x[flagged], y[flagged], "o", mfc="white", mec=color, mew=1.1, ms=ms * 1.5, zorder=4)
+    if absent.any():
+        ax.plot(x[absent], np.full(int(absent.sum()), 0.03), "x", color=NOT_AT_MINIMUM_COLOR,
+                ms=ms * 1.2, mew=1.0, zorder=4, transform=ax.get_xaxis_transform(),
+                clip_on=False)

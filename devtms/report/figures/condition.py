@@ -22,6 +22,7 @@ from devtms.report.figures.axes import (
     loss_axis,
     mark_divergence,
     mark_outside,
+    not_at_minimum,
     octave_axis,
     step_axis,
 )
@@ -103,7 +104,7 @@ def condition_figure(title: str, activation: str, tracks: list[SeedTrack], max_s
                 if t.llc is not None and len(t.llc):
                     mark_outside(ax_llc, t.llc["step"].to_numpy(float),
                                  t.llc["llc_mean"].to_numpy(float), st.color,
-                                 ~t.llc["healthy"].to_numpy(bool))
+                                 ~t.llc["healthy"].to_numpy(bool), not_at_minimum(t.llc))
     for ax in axes:
         step_axis(ax, max_step, label=ax is ax_geo)
         ax.yaxis.set_label_coords(-0.055, 0.5)

@@ -10,12 +10,14 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from devtms.report.figures.axes import (
+    NOT_AT_MINIMUM_NOTE,
     common_loss_limits,
     llc_curve,
     llc_ylim,
     loss_axis,
     mark_divergence,
     mark_outside,
+    not_at_minimum,
     step_axis,
 )
 from devtms.report.figures.layout import (
@@ -98,9 +100,11 @@ def llc_grid(llc: pd.DataFrame, panels: list[Panel], max_step: int, title: str) 
         d = by_cond.get(panel.key)
         if d is not None:
             mark_outside(ax, d["step"].to_numpy(float), d["llc_mean"].to_numpy(float),
-                         style(panel.activation).color, ~d["healthy"].to_numpy(bool))
+                         style(panel.activation).color, ~d["healthy"].to_numpy(bool),
+                         not_at_minimum(d))
     label_grid(fig, axes, "LLC", title)
     grid_footer(fig, seeds, "band: ±1 sd over chains; hollow markers: estimates flagged "
-                            "unhealthy; y range: 1st percentile to maximum of the healthy "
-                            "estimates; triangles at the edge mark estimates beyond it")
+                            f"unhealthy; {NOT_AT_MINIMUM_NOTE}; y range: 1st percentile to "
+                            "maximum of the healthy estimates; triangles at the edge mark "
+                            "estimates beyond it")
     return fig
