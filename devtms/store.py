@@ -122,6 +122,11 @@ def write_csv_atomic(path: Path, table: pd.DataFrame) -> None:
     write_bytes_atomic(path, csv_bytes(table))
 
 
+# Columns that are names, never numbers, whatever they look like: a setting id such as
+# "68e1082657" would otherwise be read as a float (inf).
+TEXT_COLUMNS = {"setting": str}
+
+
 def read_csv(path: Path, what: str, stage: str) -> pd.DataFrame:
     """Read a run CSV, refusing a damaged one with the command (`stage`) that repairs it."""
     path = Path(path)
@@ -131,7 +136,7 @@ def read_csv(path: Path, what: str, stage: str) -> pd.DataFrame:
             f"{path} ends in a torn line (a write was cut off): re-run `{stage}` to repair it"
         )
     try:
-        return pd.read_csv(io.BytesIO(data))
+        return pd.read_csv(io.BytesIO(data), dtype=TEXT_COLUMNS)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunDirError(f"{path} ({what}) is not a readable CSV ({reason}): re-run `{stage}`"

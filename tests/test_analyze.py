@@ -15,6 +15,7 @@ import pytest
 
 from devtms import cli, geometry, transitions
 from devtms.analyze import SUMMARY_COLUMNS
+from devtms.llc import active_setting as llc_active_setting
 from devtms.store import RunDir
 
 # Chen et al.'s setup shortened: 6 features, 2 hidden, single-feature data, N = 1000, SGD
@@ -180,10 +181,11 @@ def test_llc_csv_is_picked_up_and_loss_drops_meet_planted_llc_rises(analyzed, tm
     llc_mean = 3.0 + rng.normal(0, 0.02, len(geo))
     for drop in drops.itertuples():
         llc_mean += 1.5 * ((geo["instance"] == drop.instance) & (geo["step"] >= drop.step))
+    active = llc_active_setting(RunDir.open(run))  # planted at the setting analyze reads
     llc = pd.DataFrame({
         "instance": geo["instance"], "step": geo["step"], "llc_mean": llc_mean,
-        "llc_std": 0.06, "llc_sem": 0.02, "init_loss": 0.01, "num_chains": 8, "healthy": True,
-        "reason": "", "engine": "batched", "eps": 1e-3, "gamma": 100.0, "n_beta": 144.0,
+        "llc_std": 0.06, "llc_sem": 0.02, "init_loss": 0.01, "healthy": True, "state": "healthy",
+        "reason": "", "setting": active.id, **active.params.identity(active.engine),
     })
     RunDir.open(run).write_table("llc.csv", llc)
     result = devtms("analyze", str(run))

@@ -139,7 +139,7 @@ CASES = [
          "no checkpoint at step 7"),
     Case("calibrate a range of steps", ["calibrate", "{run}", "--step", "0-300"],
          "give one checkpoint step"),
-    Case("calibrate without --step", ["calibrate", "{run}"], "arguments are required: --step"),
+    Case("calibrate without --step", ["calibrate", "{run}"], "--step is required without --auto"),
     Case("calibrate on a non-run", ["calibrate", "{notrun}", "--step", "last"], "not a devtms run"),
     # -- analyze --------------------------------------------------------------------------------
     Case("analyze a non-run", ["analyze", "{notrun}"], "not a devtms run"),

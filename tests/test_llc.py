@@ -71,7 +71,7 @@ def test_batched_and_devinterp_engines_agree_within_combined_standard_error(runs
     """
     run = runs[preset]
     last = run.checkpoint_steps()[-1]
-    hp = dict(chains=8, draws=100, burnin=100)
+    hp = dict(chains=8, draws=100, burnin=100, eps=1e-4, gamma=100.0)
     instances = list(range(len(ACTIVATIONS)))
     rows = {}
     for engine in llc.ENGINES:

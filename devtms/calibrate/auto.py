@@ -6,11 +6,14 @@ candidate settings are tried in order of cost (CANDIDATES: cheapest first; at eq
 larger eps, which mixes faster). Chains, minibatch, seed and n_beta are the run's active
 setting's. A candidate passes when, over the sample's estimates that are at a local minimum:
 
-    health        every estimate is healthy (devtms.llc.health): split R-hat <= 1.05 and bulk
-                  ESS >= 100 of the loss trace, no drift between the halves of the draws, MALA
-                  acceptance >= 0.5, no diverged chain, no llc above d/2
+    health        at least 90% of the estimates are healthy (devtms.llc.health): split R-hat
+                  <= 1.05 and bulk ESS >= 100 of the loss trace, no drift between the halves of
+                  the draws, MALA acceptance >= 0.3, no diverged chain, no llc above d/2
     stability     doubling burn-in and draws moves the mean llc by less than 5%
-    localization  gamma x 3 and gamma / 3 each move the mean llc by less than 10%
+    localization  gamma x 3 and gamma / 3 each move the mean llc by less than 25% (the
+                  localization bias is real on these models: on chen2023, tripling gamma from
+                  3 to 10 lowers the LLC by about 20%; a setting on a steep part of that curve,
+                  or one whose chains wander off when gamma is smaller, fails)
 
 Checks run cheapest first and a candidate stops at its first failure. Estimates whose
 checkpoint is not at a local minimum (state not_at_minimum) are left out of every criterion
@@ -27,7 +30,6 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from devtms import llc
@@ -38,13 +40,13 @@ AUTO_CSV = "auto.csv"  # in calibration/
 MAX_SAMPLE = 48  # instances checked; spread over the conditions
 # (eps, gamma, burnin, draws), cheapest first
 CANDIDATES = (
-    (1e-3, 1.0, 500, 1000),
-    (3e-4, 1.0, 500, 1000),
-    (1e-3, 1.0, 1000, 2000),
-    (3e-4, 1.0, 1000, 2000),
-    (1e-4, 1.0, 1000, 2000),
-    (3e-4, 1.0, 2000, 4000),
-    (1e-4, 1.0, 2000, 4000),
+    (3e-3, 5.0, 500, 1000),
+    (3e-3, 20.0, 500, 1000),  # a checkpoint that is a shallow minimum needs more localization
+    (3e-3, 5.0, 1000, 2000),
+    (1e-3, 5.0, 1000, 2000),
+    (1e-3, 20.0, 1000, 2000),
+    (3e-4, 5.0, 2000, 4000),
+    (3e-4, 20.0, 2000, 4000),
 )
 CHECKS = ("health", "stability", "localization")
 
@@ -53,9 +55,10 @@ CHECKS = ("health", "stability", "localization")
 class Criteria:
     """The thresholds of the module docstring."""
 
+    healthy_min: float = 0.90  # share of the sample's estimates at a local minimum
     doubling_tol: float = 0.05
     gamma_factor: float = 3.0
-    gamma_tol: float = 0.10
+    gamma_tol: float = 0.25
     max_not_at_minimum: float = 0.5  # share of the sample
 
 
@@ -147,12 +150,13 @@ def _try(inputs: llc.RunInputs, job: AutoJob, k: int, params: llc.LLCParams,
     unhealthy = int((~base["healthy"] & usable).sum())
     row["failing_activations"] = ", ".join(
         sorted(set(base.loc[~base["healthy"] & usable, "activation"])))
-    ok = unhealthy == 0 and share_absent <= c.max_not_at_minimum and usable.any()
+    ok = (usable.any() and unhealthy <= (1 - c.healthy_min) * usable.sum()
+          and share_absent <= c.max_not_at_minimum)
     row.update(check="health", passed=ok)
     rows.append(row)
     if not ok:
         return 0, unhealthy
-    reference = base[usable]
+    reference = base[base["healthy"]]  # the checks compare the estimates that count
     doubled = dataclasses.replace(params, burnin=2 * params.burnin, draws=2 * params.draws)
     measured = _measure(inputs, job, doubled)
     row = _variant_row(k, "doubled burn-in and draws", doubled, measured, reference)
@@ -185,9 +189,11 @@ def _measure(inputs: llc.RunInputs, job: AutoJob, params: llc.LLCParams) -> pd.D
 
 def _variant_row(k: int, variant: str, params: llc.LLCParams, table: pd.DataFrame,
                  reference: pd.DataFrame | None) -> dict:
-    """One line of evidence: a setting measured on the sample."""
+    """One line of evidence: a setting measured on the sample. llc_mean is over its healthy
+    estimates; change compares the estimates healthy at the base setting."""
     usable = table[table["state"] != "not_at_minimum"]
-    mean = float(usable["llc_mean"].mean()) if len(usable) else math.nan
+    healthy = table[table["healthy"]]
+    mean = float(healthy["llc_mean"].mean()) if len(healthy) else math.nan
     change = math.nan
     if reference is not None:
         same = table.set_index("instance").loc[reference["instance"], "llc_mean"]
@@ -202,8 +208,7 @@ def _variant_row(k: int, variant: str, params: llc.LLCParams, table: pd.DataFram
                 rhat_max=float(usable["rhat"].max()) if len(usable) else math.nan,
                 ess_min=float(usable["ess_bulk"].min()) if len(usable) else math.nan,
                 mala_min=float(usable["mala_acceptance"].min()) if len(usable) else math.nan,
-                mala_median=float(np.nanmedian(usable["mala_acceptance"]))
-                if len(usable) else math.nan,
+                mala_median=float(usable["mala_acceptance"].median()) if len(usable) else math.nan,
                 setting=params.tag("batched"))
 
 
@@ -218,7 +223,7 @@ def _line(rows: list[dict], k: int) -> str:
     changes = "  ".join(f"{r['variant']}: {100 * r['change']:+.1f}%" for r in mine[1:])
     verdict = "PASS" if all(r["passed"] for r in mine) and len(mine) == 4 else \
         f"fails {next(r['check'] for r in mine if not r['passed'])}"
-    failing = f" [{b['failing_activations']}]" if b.get("failing_activations") else ""
+    failing = f" (unhealthy: {b['failing_activations']})" if b.get("failing_activations") else ""
     return f"  [{k}] {head}  {changes}  -> {verdict}{failing}"
 
 

@@ -110,15 +110,12 @@ def calibrate(inputs: llc.RunInputs, job: CalibrationJob
                                inputs.config.model.bias)
         stats = llc.summarize(loss[..., cell.burnin :], init, cell.n_beta, d,
                               result.traces["mala"])
-        half = loss[..., cell.burnin :]
-        first, second = half[..., : half.shape[-1] // 2], half[..., half.shape[-1] // 2 :]
-        drift = cell.n_beta * (second.double().mean((-1, -2)) - first.double().mean((-1, -2)))
         for k, instance in enumerate(job.instances):
             rows.append(dict(eps=cell.eps, gamma=cell.gamma, n_beta=cell.n_beta,
                              instance=instance,
                              activation=inputs.table.set_index("instance").loc[instance,
                                                                                "activation"],
-                             step=job.step, **stats[k], llc_drift=float(drift[k]),
+                             step=job.step, **stats[k],
                              init_loss=float(init[k]), chains=cell.chains, draws=cell.draws,
                              burnin=cell.burnin, batch_size=cell.batch_size, seed=cell.seed))
         traces[(cell.eps, cell.gamma, cell.n_beta)] = loss

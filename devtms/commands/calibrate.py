@@ -14,9 +14,9 @@ from devtms.errors import UserError
 DESCRIPTION = """\
 --auto: try candidate settings (eps, gamma, burn-in, draws; cheapest first) at the last
 checkpoint on a sample of instances (up to 48, spread over the conditions), and choose the
-first whose estimates are all healthy (split R-hat <= 1.05, bulk ESS >= 100, no drift, MALA
-acceptance >= 0.5, none diverged or above d/2), whose mean LLC moves by < 5% when burn-in and
-draws double, and by < 10% when gamma is multiplied or divided by 3. Checkpoints not at a local
+first whose estimates are >= 90% healthy (split R-hat <= 1.05, bulk ESS >= 100, no drift, MALA
+acceptance >= 0.3, none diverged or above d/2), whose mean LLC moves by < 5% when burn-in and
+draws double, and by < 25% when gamma is multiplied or divided by 3. Checkpoints not at a local
 minimum are left out and counted. It prints the evidence, writes it to
 RUN_DIR/calibration/auto.csv and makes the choice the run's active LLC setting: `devtms llc
 RUN` then computes it at every checkpoint and analyze/report show it. When no candidate

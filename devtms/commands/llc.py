@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         f"; pass --activate to make {setting.id} active, or --setting {setting.id} to analyze "
         "and report"))
     if summary.unhealthy:
-        print(f"warning: {summary.unhealthy} of {summary.computed} estimate(s) not healthy "
+        print(f"warning: {summary.unhealthy} of {summary.computed} estimate(s) unhealthy "
               f"({summary.state_counts}); see the state and reason columns; "
               "consider `devtms calibrate RUN --auto`", file=sys.stderr)
     return 0

@@ -91,7 +91,7 @@ def load_run(path: Path, setting_id: str | None = None) -> RunData:
     elif llc is None:
         notes.append(f"llc.csv has no estimates at the LLC setting {setting.describe()}: run "
                      f"`devtms llc {path}` to compute it, or show another with --setting "
-                     f"(present: {', '.join(sorted(set(llc_all.get('setting', []))))})")
+                     f"(present: {present_settings(llc_all)})")
     geometry = run.read_table(GEOMETRY_CSV)
     source = "analyze"
     if geometry is None:  # analyze has not run: its geometry, computed here, not written
@@ -155,6 +155,11 @@ def display_llc(llc: pd.DataFrame) -> pd.DataFrame | None:
     if "llc_std" not in llc:
         llc["llc_std"] = np.nan
     return llc
+
+
+def present_settings(llc: pd.DataFrame) -> str:
+    ids = sorted(set(llc["setting"].dropna().astype(str))) if "setting" in llc else []
+    return ", ".join(ids) or "none with a setting id: written by an older devtms"
 
 
 def plotted_llc(llc: pd.DataFrame | None, run: RunDir, setting_id: str | None = None
