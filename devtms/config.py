@@ -137,12 +137,14 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class LLCConfig:
-    eps: float = 1e-3  # SGLD step size epsilon
-    gamma: float = 100.0  # localization strength
+    # The defaults are `devtms calibrate --auto`'s choice on chen2023 and quick (docs/science.md,
+    # section 4.7); run `calibrate --auto` on a new setup.
+    eps: float = 3e-3  # SGLD step size epsilon
+    gamma: float = 5.0  # localization strength
     n_beta: float | None = None  # inverse temperature; None: N / log N of the LLC dataset
     chains: int = 8
-    draws: int = 200  # recorded draws per chain, after burn-in
-    burnin: int = 200  # steps discarded at the start of each chain
+    draws: int = 1000  # recorded draws per chain, after burn-in
+    burnin: int = 500  # steps discarded at the start of each chain
     batch_size: int = 100  # SGLD minibatch, drawn from the instance's training set
     seed: int = 0
     n_samples: int = 1000  # fresh-data runs only: size of the fixed set the LLC is measured on

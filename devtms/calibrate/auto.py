@@ -150,7 +150,8 @@ def _try(inputs: llc.RunInputs, job: AutoJob, k: int, params: llc.LLCParams,
     unhealthy = int((~base["healthy"] & usable).sum())
     row["failing_activations"] = ", ".join(
         sorted(set(base.loc[~base["healthy"] & usable, "activation"])))
-    ok = (usable.any() and unhealthy <= (1 - c.healthy_min) * usable.sum()
+    healthy = int((base["healthy"] & usable).sum())
+    ok = (usable.any() and healthy >= c.healthy_min * usable.sum() - 1e-9
           and share_absent <= c.max_not_at_minimum)
     row.update(check="health", passed=ok)
     rows.append(row)
