@@ -135,7 +135,7 @@ def test_diverging_estimate_is_flagged_and_leaves_the_others_untouched(runs):
     assert all(r["num_diverged"] > 0 for r in wild_rows)
     kept = [r for r in mixed.rows if r["instance"] != 99]
     assert kept == clean.rows  # bit for bit: the diverged chains touched nothing else
-    assert all(r["healthy"] for r in clean.rows)
+    assert all(r["state"] != "diverged" and r["num_diverged"] == 0 for r in clean.rows)
 
 
 def test_summary_excludes_diverged_chains_and_flags_the_estimate():

@@ -42,6 +42,9 @@ def studies(tmp_path_factory) -> tuple[Path, Path]:
     return root / "faulty", root / "healthy"
 
 
+CONFIG_EPS = HEALTHY.config.llc.eps  # the study's own setting, beside the wild one
+
+
 def _rows(table: pd.DataFrame, instances) -> list[str]:
     """Rows of a table as CSV text, for bit-for-bit comparison."""
     return table[table["instance"].isin(instances)].to_csv(index=False).splitlines()
@@ -105,7 +108,7 @@ def test_sgld_that_diverges_on_some_chains_is_flagged_and_spares_the_rest(studie
     run, alone = tmp_path / "run", [tmp_path / "alone0", tmp_path / "alone1"]
     for copy in (run, *alone):
         shutil.copytree(healthy, copy)
-    args = ["--eps", "0.1", "--steps", "100,200"]
+    args = ["--eps", "0.1", "--gamma", "100", "--steps", "100,200"]
     # the whole job, and each instance's estimates alone (in other chunks), side by side
     result, *alone_results = run_many(
         [(["llc", run, *args], tmp_path)]
@@ -122,12 +125,12 @@ def test_sgld_that_diverges_on_some_chains_is_flagged_and_spares_the_rest(studie
     # exactly those: no estimate of the config's eps is diverged (its short chains may be
     # honestly unconverged, but none blew up)
     assert (wild["num_diverged"] > 0).sum() == len(flagged)
-    assert (table.loc[np.isclose(table["eps"], 1e-3), "state"] != "diverged").all()
-    assert (table.loc[np.isclose(table["eps"], 1e-3), "num_diverged"] == 0).all()
+    assert (table.loc[np.isclose(table["eps"], CONFIG_EPS), "state"] != "diverged").all()
+    assert (table.loc[np.isclose(table["eps"], CONFIG_EPS), "num_diverged"] == 0).all()
     assert wild.loc[wild["num_diverged"] == 2, "llc_mean"].isna().all()
     # the new rows leave the old ones as they were, and each estimate alone gives the same row
     old = pd.read_csv(healthy / "llc.csv")
-    assert _rows(table[np.isclose(table["eps"], 1e-3)], [0, 1]) == _rows(old, [0, 1])
+    assert _rows(table[np.isclose(table["eps"], CONFIG_EPS)], [0, 1]) == _rows(old, [0, 1])
     for i, copy in enumerate(alone):
         mine = pd.read_csv(copy / "llc.csv")
         assert _rows(mine[np.isclose(mine["eps"], 0.1)], [i]) == _rows(wild, [i])

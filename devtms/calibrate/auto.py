@@ -36,12 +36,14 @@ from devtms import llc
 from devtms.errors import UserError
 from devtms.store import CALIBRATION_DIR, RunDir, write_csv_atomic
 
-AUTO_CSV = "auto.csv"  # in calibration/
+AUTO_CSV = "auto.csv"  # in calibration/: the evidence, one row per setting measured
+AUTO_ESTIMATES_CSV = "auto_estimates.csv"  # ... and every estimate behind it
 MAX_SAMPLE = 48  # instances checked; spread over the conditions
 # (eps, gamma, burnin, draws), cheapest first
 CANDIDATES = (
     (3e-3, 5.0, 500, 1000),
     (3e-3, 20.0, 500, 1000),  # a checkpoint that is a shallow minimum needs more localization
+    (5e-4, 30.0, 500, 1000),  # ... and a stiff one (one-hot data, 8 features) a smaller eps too
     (3e-3, 5.0, 1000, 2000),
     (1e-3, 5.0, 1000, 2000),
     (1e-3, 20.0, 1000, 2000),
@@ -78,6 +80,7 @@ class AutoResult:
     evidence: pd.DataFrame  # one row per setting measured (see `_variant_row`)
     closest: int  # the index of the best candidate when none passed, else the chosen one
     failing: list[str] = field(default_factory=list)  # activations unhealthy at `closest`
+    estimates: pd.DataFrame = field(default_factory=pd.DataFrame)  # llc.csv rows + candidate
 
 
 def build_auto_job(run: RunDir, *, instances: str | None = None, eps_grid: list[float] | None
@@ -124,26 +127,33 @@ def sample_instances(instances: pd.DataFrame, pool: list[int], limit: int = MAX_
 def auto_calibrate(inputs: llc.RunInputs, job: AutoJob, say=lambda line: None) -> AutoResult:
     """Try the candidates in order; pure (writes nothing). `say` gets one line per candidate."""
     rows: list[dict] = []
+    estimates: list[pd.DataFrame] = []
     scores = []
     for k, params in enumerate(job.candidates):
-        checks_passed, unhealthy = _try(inputs, job, k, params, rows)
+        checks_passed, unhealthy = _try(inputs, job, k, params, rows, estimates)
         scores.append((checks_passed, -unhealthy))
         say(_line(rows, k))
         if checks_passed == len(CHECKS):
             return AutoResult(llc.Setting(params, "batched", "devtms calibrate --auto"),
-                              pd.DataFrame(rows), k)
+                              pd.DataFrame(rows), k, estimates=pd.concat(estimates))
     closest = max(range(len(scores)), key=lambda k: scores[k])
     base = next(r for r in rows if r["candidate"] == closest)
     failing = [a for a in base["failing_activations"].split(", ") if a]
-    return AutoResult(None, pd.DataFrame(rows), closest, failing)
+    return AutoResult(None, pd.DataFrame(rows), closest, failing, pd.concat(estimates))
 
 
 def _try(inputs: llc.RunInputs, job: AutoJob, k: int, params: llc.LLCParams,
-         rows: list[dict]) -> tuple[int, int]:
-    """Measure candidate k, cheapest check first; append the evidence rows.
+         rows: list[dict], estimates: list[pd.DataFrame]) -> tuple[int, int]:
+    """Measure candidate k, cheapest check first; append the evidence rows and the estimates.
     -> (checks passed, unhealthy estimates)"""
     c = job.criteria
-    base = _measure(inputs, job, params)
+
+    def measure(variant: str, setting: llc.LLCParams) -> pd.DataFrame:
+        table = _measure(inputs, job, setting)
+        estimates.append(table.assign(candidate=k, variant=variant))
+        return table
+
+    base = measure("base", params)
     row = _variant_row(k, "base", params, base, None)
     usable = base["state"] != "not_at_minimum"
     share_absent = 1.0 - usable.mean()
@@ -159,7 +169,7 @@ def _try(inputs: llc.RunInputs, job: AutoJob, k: int, params: llc.LLCParams,
         return 0, unhealthy
     reference = base[base["healthy"]]  # the checks compare the estimates that count
     doubled = dataclasses.replace(params, burnin=2 * params.burnin, draws=2 * params.draws)
-    measured = _measure(inputs, job, doubled)
+    measured = measure("doubled burn-in and draws", doubled)
     row = _variant_row(k, "doubled burn-in and draws", doubled, measured, reference)
     ok = abs(row["change"]) < c.doubling_tol
     row.update(check="stability", passed=ok)
@@ -169,7 +179,7 @@ def _try(inputs: llc.RunInputs, job: AutoJob, k: int, params: llc.LLCParams,
     passed = True
     for factor, name in ((c.gamma_factor, "gamma x 3"), (1 / c.gamma_factor, "gamma / 3")):
         varied = dataclasses.replace(params, gamma=params.gamma * factor)
-        row = _variant_row(k, name, varied, _measure(inputs, job, varied), reference)
+        row = _variant_row(k, name, varied, measure(name, varied), reference)
         ok = abs(row["change"]) < c.gamma_tol
         row.update(check="localization", passed=ok)
         rows.append(row)
@@ -234,6 +244,7 @@ def run_auto(run: RunDir, job: AutoJob, say=print) -> AutoResult:
     inputs = llc.RunInputs(run, job.instances, [job.step])
     result = auto_calibrate(inputs, job, say)
     if result.chosen is not None:
+        write_csv_atomic(run.path / CALIBRATION_DIR / AUTO_ESTIMATES_CSV, result.estimates)
         write_csv_atomic(run.path / CALIBRATION_DIR / AUTO_CSV, result.evidence)
         llc.activate(run, result.chosen)
     return result
