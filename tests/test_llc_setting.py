@@ -180,7 +180,7 @@ def test_an_activated_setting_is_what_analyze_and_report_read_and_setting_reads_
 
     # a copy whose active setting is made the first one explicitly (nothing left to compute)
     ref = copy_run(computed, tmp_path / "ref")
-    result = run_cli("llc", ref, "--eps", "0.001", "--activate")
+    result = run_cli("llc", ref, "--eps", repr(CONFIG.config.llc.eps), "--activate")
     assert result.returncode == 0, result.stderr
     assert "0 estimated" in result.stdout and meta(ref)["llc_setting"]["id"] == first
 

@@ -131,7 +131,7 @@ def _state(init: float, k: int, C: int, mean: float, sem: float, n_params: int, 
                                "too large or chains escaped"]
     reasons = []
     if not rhat <= RHAT_MAX:
-        reasons.append(f"unconverged: R-hat {rhat:.3g} > {RHAT_MAX:g}" if math.isfinite(rhat)
+        reasons.append(f"unconverged: R-hat {rhat:.3f} > {RHAT_MAX:g}" if math.isfinite(rhat)
                        else "unconverged: too few draws for R-hat")
     if not ess >= ESS_MIN:
         reasons.append(f"unconverged: ESS {ess:.0f} < {ESS_MIN:g}" if math.isfinite(ess)
