@@ -51,6 +51,8 @@ CANDIDATES = (
     (3e-4, 20.0, 2000, 4000),
 )
 CHECKS = ("health", "stability", "localization")
+GRID_EPS = (3e-3, 1e-3, 3e-4)  # with --gamma-grid alone
+GRID_GAMMA = (5.0,)  # with --eps-grid alone
 
 
 @dataclass(frozen=True)
@@ -100,15 +102,14 @@ def build_auto_job(run: RunDir, *, instances: str | None = None, eps_grid: list[
                         "calibrate on")
     chosen = pool if instances is not None else sample_instances(run.instances, pool)
     base = request.params
-    candidates = [dataclasses.replace(base, eps=e, gamma=g, burnin=b, draws=d)
-                  for e, g, b, d in CANDIDATES
-                  if (eps_grid is None or e in eps_grid) and (gamma_grid is None or g in gamma_grid)]
+    values = CANDIDATES
     if eps_grid is not None or gamma_grid is not None:  # the user's values, at every length
-        lengths = sorted({(b, d) for _, _, b, d in CANDIDATES}, key=lambda bd: bd[0] + bd[1])
-        candidates = [dataclasses.replace(base, eps=e, gamma=g, burnin=b, draws=d)
-                      for b, d in lengths for e in sorted(eps_grid or {1e-3, 3e-4, 1e-4},
-                                                          reverse=True)
-                      for g in (gamma_grid or [1.0])]
+        lengths = sorted({(b, d) for *_, b, d in CANDIDATES}, key=sum)
+        values = [(e, g, b, d) for b, d in lengths
+                  for e in sorted(eps_grid or GRID_EPS, reverse=True)
+                  for g in gamma_grid or GRID_GAMMA]
+    candidates = [dataclasses.replace(base, eps=e, gamma=g, burnin=b, draws=d)
+                  for e, g, b, d in values]
     compiled = llc.use_compile(run.config, base, "batched", compile_setting)
     return AutoJob(request.steps[0], chosen, candidates, compiled, request.device)
 

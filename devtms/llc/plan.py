@@ -17,7 +17,8 @@ from devtms.llc.params import LLCParams
 from devtms.schedule import checkpoint_steps
 
 MEMORY_BUDGET = 512 * 2**20  # bytes a chunk may use (auto chunk size)
-COMPILE_MIN_WORK = 3e9  # auto: compile when a run's LLC job is this many loss terms per activation
+COMPILE_MIN_WORK = 1e9  # auto: compile when a run's LLC job is this many loss terms per activation
+# (the calibrated defaults make activations27's 2.4e9: eager, its LLC stage took 13 min)
 
 
 def plan_chunks(pending: Iterable[tuple[int, int]], chunk_size: int

@@ -47,14 +47,16 @@ def llc_curves(data: RunData) -> pd.DataFrame | None:
 
 
 def trajectories(data: RunData) -> pd.DataFrame | None:
-    """Mean over seeds of (loss, LLC) at each checkpoint that has an LLC."""
+    """Mean over seeds of (loss, LLC) at each checkpoint that has an LLC (train_log.csv has
+    every checkpoint's loss; llc.csv's init_loss is on the LLC's summed scale, not used here).
+    Checkpoints not at a local minimum have no LLC and are left out."""
     llc = llc_curves(data)
     if llc is None:
         return None
+    if "state" in llc:
+        llc = llc[llc["state"] != "not_at_minimum"]
     loss = data.train_log[["instance", "step", "loss"]]
     d = llc.merge(loss, on=["instance", "step"], how="left")
-    if "init_loss" in d:
-        d["loss"] = d["loss"].fillna(d["init_loss"])
     d = d[np.isfinite(d["loss"].astype(float)) & (d["loss"] > 0)]
     d = d.assign(log_loss=np.log10(d["loss"].astype(float)),
                  llc_ok=d["llc_mean"].where(d["healthy"]))

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from devtms.report.figures.axes import (
+    NOT_AT_MINIMUM_COLOR,
     llc_curve,
     llc_limits,
     loss_axis,
@@ -133,6 +134,9 @@ def _condition_legend(tracks: list[SeedTrack], color: str, has_llc: bool) -> lis
     if has_llc:
         legend.append(Line2D([], [], ls="none", marker="o", mfc="white", mec=color, ms=6,
                              label="unhealthy LLC"))
+        if any(t.llc is not None and not_at_minimum(t.llc).any() for t in tracks):
+            legend.append(Line2D([], [], ls="none", marker="x", color=NOT_AT_MINIMUM_COLOR,
+                                 ms=6, label="not at a minimum (no LLC)"))
     if any(t.diverged for t in tracks):
         legend.append(Line2D([], [], ls="none", marker="x", color=DIVERGED_COLOR, mew=2, ms=7,
                              label="diverged"))
