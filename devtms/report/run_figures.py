@@ -49,9 +49,11 @@ def cross_figures(data: RunData, prefix: str) -> list[Rendered]:
                      f"{data.name}: LLC over training, every condition on common axes"),
             f"{prefix}llc_grid", "Estimated local learning coefficient against training step, "
             "mean over chains with a band of ±1 sd over chains. Hollow markers are estimates the "
-            "LLC stage flagged unhealthy (see the health section). The common y range runs from the "
-            "1st percentile to the maximum of the healthy estimates; estimates beyond it are "
-            "triangles at the edge.", "LLC small multiples"))
+            "LLC stage flagged unhealthy (see the health section); grey x at the bottom mark "
+            "checkpoints not at a local minimum, which have no LLC (the chains descend below the "
+            "checkpoint's loss). The common y range runs from the 1st percentile to the maximum "
+            "of the healthy estimates; estimates beyond it are triangles at the edge.",
+            "LLC small multiples"))
         traj = trajectories(data)
         if traj is not None and len(traj):
             figs.append(render(
@@ -61,7 +63,8 @@ def cross_figures(data: RunData, prefix: str) -> list[Rendered]:
                 "(mean over seeds of the healthy LLC estimates against the geometric mean loss); "
                 "training moves from right (high loss) to left, ending at the large marker. "
                 "Hollow markers: at least one seed's estimate there is unhealthy (the line skips "
-                "points where none is healthy). Below, one panel per family with the others in "
+                "points where none is healthy); checkpoints not at a local minimum are left out. "
+                "Below, one panel per family with the others in "
                 "grey.", "LLC against loss trajectories"))
     figs.append(_final_geometry_figure(data, prefix))
     return figs
@@ -143,7 +146,8 @@ def condition_figures(data: RunData, prefix: str) -> list[tuple[Panel, Rendered]
                    "chains) and " + ("the k-gon's vertex count" if data.m == 2 else
                                      "dimensions per feature") +
                    " against training step, seeds overlaid; vertical lines mark the transitions "
-                   "found by `devtms analyze`. Below: the geometry at init, at the transitions "
+                   "found by `devtms analyze`; grey x at the bottom of the LLC panel: checkpoints "
+                   "not at a local minimum (no LLC). Below: the geometry at init, at the transitions "
                    "and at the end, one row per seed"
                    + (f" (the first {MAX_SNAPSHOT_SEEDS} seeds)." if len(rows) > MAX_SNAPSHOT_SEEDS
                       else "."))

@@ -172,8 +172,6 @@ def mark_divergence(ax: Axes, steps: np.ndarray, values: np.ndarray,
 
 
 NOT_AT_MINIMUM_COLOR = "#9a9a9a"
-NOT_AT_MINIMUM_NOTE = ("grey x at the bottom: not at a local minimum, no LLC (the chains descend "
-                       "below the checkpoint's loss)")
 
 
 def not_at_minimum(d: pd.DataFrame) -> np.ndarray:

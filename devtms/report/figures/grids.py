@@ -10,7 +10,6 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from devtms.report.figures.axes import (
-    NOT_AT_MINIMUM_NOTE,
     common_loss_limits,
     llc_curve,
     llc_ylim,
@@ -103,8 +102,7 @@ def llc_grid(llc: pd.DataFrame, panels: list[Panel], max_step: int, title: str) 
                          style(panel.activation).color, ~d["healthy"].to_numpy(bool),
                          not_at_minimum(d))
     label_grid(fig, axes, "LLC", title)
-    grid_footer(fig, seeds, "band: ±1 sd over chains; hollow markers: estimates flagged "
-                            f"unhealthy; {NOT_AT_MINIMUM_NOTE}; y range: 1st percentile to "
-                            "maximum of the healthy estimates; triangles at the edge mark "
-                            "estimates beyond it")
+    grid_footer(fig, seeds, "band: ±1 sd over chains; hollow: flagged unhealthy; grey x: not at a "
+                            "local minimum (no LLC); y range: 1st percentile to maximum of the "
+                            "healthy estimates, triangles at the edge beyond it")
     return fig
