@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -146,10 +147,24 @@ STUDY = tiny_config(name="tiny-study", model={"activations": ["relu", "tanh"]},
 def tiny_run(tmp_path_factory) -> Path:
     """The tiny config trained once through `devtms train`, for every module that needs a
     trained run. Read-only: copy it (shutil.copytree) before writing to it."""
-    root = tmp_path_factory.mktemp("tiny_run")
-    result = run_cli("train", tiny_config().write(root / "tiny.toml"), "--out", root / "run")
+    return trained_run(tmp_path_factory.mktemp("tiny_run"), tiny_config())
+
+
+def trained_run(root: Path, config: TinyConfig) -> Path:
+    """`config` trained through `devtms train` into root/run (its TOML beside it)."""
+    result = run_cli("train", config.write(root / f"{config.raw['name']}.toml"),
+                     "--out", root / "run")
     assert result.returncode == 0, result.stderr
     return root / "run"
+
+
+def after_stages(run: Path, to: Path, *stages: str) -> Path:
+    """A copy of `run` at `to` after `devtms STAGE RUN` for each of `stages`, in order."""
+    shutil.copytree(run, to)
+    for stage in stages:
+        result = run_cli(stage, to)
+        assert result.returncode == 0, result.stderr
+    return to
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from devtms.llc.health import STATES
 from devtms.llc.params import LLC_REDUCTION, SETTING_COLUMNS, LLCParams
 from devtms.store import RunDir
 
-from .conftest import STUDY, run_cli
+from .conftest import STUDY, after_stages, run_cli, trained_run
 from .test_bad_input import tree
 
 CONFIG = STUDY.but(name="settings", llc={"chains": 8, "draws": 200, "burnin": 100})
@@ -35,20 +35,13 @@ OTHER_EPS = "0.0003"  # a second setting: the config's with this eps
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """CONFIG trained, no later stage. Read-only."""
-    root = tmp_path_factory.mktemp("settings")
-    result = run_cli("train", CONFIG.write(root / "settings.toml"), "--out", root / "run")
-    assert result.returncode == 0, result.stderr
-    return root / "run"
+    return trained_run(tmp_path_factory.mktemp("settings"), CONFIG)
 
 
 @pytest.fixture(scope="module")
 def computed(trained: Path, tmp_path_factory) -> Path:
     """The trained run after `devtms llc` at its config setting. Read-only."""
-    run = tmp_path_factory.mktemp("computed") / "run"
-    shutil.copytree(trained, run)
-    result = run_cli("llc", run)
-    assert result.returncode == 0, result.stderr
-    return run
+    return after_stages(trained, tmp_path_factory.mktemp("computed") / "run", "llc")
 
 
 def copy_run(run: Path, to: Path) -> Path:

@@ -22,7 +22,7 @@ import pytest
 from markupsafe import escape
 from PIL import Image
 
-from .conftest import run_cli, tiny_config
+from .conftest import after_stages, run_cli, tiny_config, trained_run
 
 ACTIVATIONS = ["relu", "exp", "linear"]
 # lr 2.5: exp diverges, so the report has a diverged instance and unhealthy estimates to show
@@ -33,21 +33,13 @@ CONFIG = tiny_config(name="reporttiny", model={"activations": ACTIVATIONS},
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A trained run, no later stages; tests copy it before adding to it."""
-    root = tmp_path_factory.mktemp("report")
-    result = run_cli("train", CONFIG.write(root / "tiny.toml"), "--out", root / "run")
-    assert result.returncode == 0, result.stderr
-    return root / "run"
+    return trained_run(tmp_path_factory.mktemp("report"), CONFIG)
 
 
 @pytest.fixture(scope="module")
 def analyzed(trained: Path, tmp_path_factory) -> Path:
     """The run after every later stage (llc, analyze)."""
-    run = tmp_path_factory.mktemp("analyzed") / "run"
-    shutil.copytree(trained, run)
-    for stage in ("llc", "analyze"):
-        result = run_cli(stage, run)
-        assert result.returncode == 0, result.stderr
-    return run
+    return after_stages(trained, tmp_path_factory.mktemp("analyzed") / "run", "llc", "analyze")
 
 
 @pytest.fixture(scope="module")

@@ -76,12 +76,7 @@ def settings_present(table: pd.DataFrame) -> pd.DataFrame:
 def setting_of_rows(table: pd.DataFrame, setting_id: str) -> Setting:
     """The Setting that made the rows of llc.csv with this id."""
     row = table[table["setting"] == setting_id].iloc[0]
-    params = LLCParams(eps=float(row["eps"]), gamma=float(row["gamma"]),
-                       n_beta=float(row["n_beta"]), chains=int(row["num_chains"]),
-                       draws=int(row["num_draws"]), burnin=int(row["burnin"]),
-                       batch_size=int(row["batch_size"]), seed=int(row["seed"]),
-                       n_samples=int(row["n_samples"]))
-    return Setting(params, str(row["engine"]), "llc.csv")
+    return Setting(LLCParams.from_identity(row), str(row["engine"]), "llc.csv")
 
 
 def choose(run: RunDir, table: pd.DataFrame, setting_id: str | None = None

@@ -64,6 +64,15 @@ class LLCParams:
                     batch_size=self.batch_size, seed=self.seed, n_samples=self.n_samples,
                     loss_reduction=LLC_REDUCTION)
 
+    @classmethod
+    def from_identity(cls, row: Any) -> LLCParams:
+        """The inverse of `identity`: the hyperparameters of a row of llc.csv (any mapping of
+        SETTING_COLUMNS to values)."""
+        return cls(eps=float(row["eps"]), gamma=float(row["gamma"]), n_beta=float(row["n_beta"]),
+                   chains=int(row["num_chains"]), draws=int(row["num_draws"]),
+                   burnin=int(row["burnin"]), batch_size=int(row["batch_size"]),
+                   seed=int(row["seed"]), n_samples=int(row["n_samples"]))
+
     def tag(self, engine: str) -> str:
         """A short stable name for these hyperparameters and engine: the `setting` column of
         llc.csv, `--setting ID`, and the trace file names."""
