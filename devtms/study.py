@@ -68,8 +68,10 @@ def run_study(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
         return f"wrote {', '.join(analyzed.written) or 'nothing (up to date)'}"
 
     def report() -> str:
-        written = write_report([load_run(run.path, llc_setting)], result.report)
-        return f"{result.report} ({len(written.figures) // 2} figures)"
+        written = write_report([load_run(run.path, llc_setting)], result.report,
+                               progress=progress)
+        return (f"{result.report} ({len(written.figures) // 2} figures, {written.drawn} drawn, "
+                f"the others unchanged)")
 
     for name, fn in (("train", train), ("llc", llc), ("analyze", analyze), ("report", report)):
         stage(name, fn)

@@ -201,6 +201,82 @@ def test_several_runs_make_one_comparison_report_then_one_run_replaces_it(
     assert not (trained / "report").exists()  # --out elsewhere: nothing written into the run
 
 
+def figure_files(fig_dir: Path) -> dict[str, bytes]:
+    """Every figure file (PNG, PDF and the page's PNGs) by its path in the figures directory;
+    PDFs without their creation date, the one thing that differs between two drawings."""
+    files = {}
+    for path in sorted(fig_dir.rglob("*.p[dn][fg]")):
+        data = path.read_bytes()
+        files[str(path.relative_to(fig_dir))] = re.sub(rb"/CreationDate \(.*?\)", b"", data)
+    return files
+
+
+def test_a_second_report_draws_only_what_changed(analyzed: Path, tmp_path):
+    """Unchanged inputs: nothing drawn, the same files. One condition's LLC changed: its detail
+    figure and the cross-condition LLC figures are drawn again, nothing else."""
+    run = tmp_path / "run"
+    shutil.copytree(analyzed, run, ignore=shutil.ignore_patterns("report"))
+    first = run_cli("report", run)
+    assert first.returncode == 0, first.stderr
+    assert "33 drawn" not in first.stdout and ", 0 drawn" not in first.stdout
+    fig_dir = run / "report" / "figures"
+    before = figure_files(fig_dir)
+    n = len([f for f in before if f.endswith(".pdf")])
+    assert f"{n} drawn" in first.stdout
+
+    again = run_cli("report", run)
+    assert again.returncode == 0, again.stderr
+    assert ", 0 drawn" in again.stdout
+    assert figure_files(fig_dir) == before
+
+    llc = pd.read_csv(run / "llc.csv", dtype={"setting": str})
+    relu = pd.read_csv(run / "instances.csv").query("activation == 'relu'")["instance"]
+    llc.loc[llc["instance"].isin(relu), "llc_mean"] += 1.0
+    llc.to_csv(run / "llc.csv", index=False)
+    third = run_cli("report", run)
+    assert third.returncode == 0, third.stderr
+    after = figure_files(fig_dir)
+    changed = {name.split("/")[-1].rsplit(".", 1)[0] for name in before
+               if after[name] != before[name]}
+    assert changed == {"condition_relu", "llc_grid", "llc_vs_loss"}
+    assert f", {len(changed)} drawn" in third.stdout
+
+
+def test_the_page_embeds_a_smaller_copy_of_each_png(full_report: Path):
+    """The HTML's image is the figure's PNG with a palette: the same size, nearly the same
+    pixels, fewer bytes."""
+    import numpy as np
+
+    _, page = parse(full_report)
+    fig_dir = full_report.parent / "figures"
+    embedded = {attrs["alt"]: attrs["src"] for tag, attrs in page.tags if tag == "img"}
+    stems = [attrs["id"].removeprefix("fig-") for tag, attrs in page.tags
+             if tag == "figure" and attrs.get("id", "").startswith("fig-")]
+    srcs = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
+    assert len(srcs) == len(stems) and embedded
+    for stem, src in zip(stems, srcs, strict=True):
+        small = base64.b64decode(src.split(",", 1)[1])
+        full = (fig_dir / f"{stem}.png").read_bytes()
+        assert len(small) < len(full)
+        a = np.asarray(Image.open(io.BytesIO(small)).convert("RGB"), dtype=float)
+        b = np.asarray(Image.open(fig_dir / f"{stem}.png").convert("RGB"), dtype=float)
+        assert a.shape == b.shape
+        assert np.abs(a - b).mean() < 2.0  # of 255
+
+
+def test_figures_drawn_in_worker_processes_equal_those_drawn_here(analyzed: Path):
+    from devtms.report import load_run
+    from devtms.report.rendering import render_all
+    from devtms.report.run_figures import cross_figures
+
+    jobs = cross_figures(load_run(analyzed), "")
+    here = render_all(jobs, n_workers=1, progress=False)
+    workers = render_all(jobs, n_workers=2, progress=False)
+    assert [r.stem for r in workers] == [j.stem for j in jobs]
+    assert [r.png for r in workers] == [r.png for r in here]
+    assert [r.page_png for r in workers] == [r.page_png for r in here]
+
+
 def test_text_from_the_run_is_escaped_not_interpreted(analyzed: Path, tmp_path, capsys):
     """A run directory's name and an LLC reason are data: shown as written, never markup."""
     from devtms.cli import main

@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         with lock_dir(owner.path, "devtms report"):
             result = write_report(runs, out)
     print(f"report -> {result.html} ({len(result.figures) // 2} figures as PNG + PDF in "
-          f"{result.figures[0].parent if result.figures else '-'}; {result.seconds:.1f} s)")
+          f"{result.figures[0].parent if result.figures else '-'}, {result.drawn} drawn, the "
+          f"others unchanged; {result.seconds:.1f} s)")
     for r in runs:
         for note in r.notes:
             print(f"note ({r.name}): {note}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Every figure of a report, rendered with its caption: what figure to draw from which table.
+"""Every figure of a report as a job (devtms.report.figures.render.FigureJob): which builder
+draws it from which tables, with its caption. Nothing is drawn here.
 
     across activations   loss_grid, llc_grid, llc_vs_loss, final_geometry  (cross_figures)
     each condition       condition_<key>                                   (condition_figures)
@@ -18,7 +19,7 @@ from devtms.report.figures.condition import SeedTrack, condition_figure
 from devtms.report.figures.geometry import final_geometry_grid
 from devtms.report.figures.grids import llc_grid, loss_grid
 from devtms.report.figures.layout import Panel
-from devtms.report.figures.render import Rendered, render
+from devtms.report.figures.render import FigureJob
 from devtms.report.figures.trajectories import llc_vs_loss
 from devtms.report.format import slug
 from devtms.report.load import RunData
@@ -31,23 +32,25 @@ from devtms.report.snapshots import (
 from devtms.report.tables import final_rows, llc_curves, loss_curves, trajectories
 
 
-def cross_figures(data: RunData, prefix: str) -> list[Rendered]:
+def cross_figures(data: RunData, prefix: str) -> list[FigureJob]:
     """Small multiples of every condition, LLC against loss, final geometry."""
     figs = []
     curves = loss_curves(data)
-    figs.append(render(
-        loss_grid(curves, data.panels, data.max_step,
-                  f"{data.name}: loss over training, every condition on common axes"),
-        f"{prefix}loss_grid", "Loss against training step for every condition (log-log; step 0 "
+    figs.append(FigureJob(
+        f"{prefix}loss_grid", loss_grid,
+        (curves, data.panels, data.max_step,
+         f"{data.name}: loss over training, every condition on common axes"),
+        "Loss against training step for every condition (log-log; step 0 "
         "= initialisation, on the linear part of the symlog axis). Seeds overlaid by line style; "
         "grey lines repeat every other panel's median for comparison. A red x marks where a "
         "diverged instance's loss stopped being finite.", "loss small multiples"))
     llc = llc_curves(data)
     if llc is not None:
-        figs.append(render(
-            llc_grid(llc, data.panels, data.max_step,
-                     f"{data.name}: LLC over training, every condition on common axes"),
-            f"{prefix}llc_grid", "Estimated local learning coefficient against training step, "
+        figs.append(FigureJob(
+            f"{prefix}llc_grid", llc_grid,
+            (llc, data.panels, data.max_step,
+             f"{data.name}: LLC over training, every condition on common axes"),
+            "Estimated local learning coefficient against training step, "
             "mean over chains with a band of ±1 sd over chains. Hollow markers are estimates the "
             "LLC stage flagged unhealthy (see the health section); grey x at the bottom mark "
             "checkpoints not at a local minimum, which have no LLC (the chains descend below the "
@@ -56,10 +59,11 @@ def cross_figures(data: RunData, prefix: str) -> list[Rendered]:
             "LLC small multiples"))
         traj = trajectories(data)
         if traj is not None and len(traj):
-            figs.append(render(
-                llc_vs_loss(traj, data.panels,
-                            f"{data.name}: LLC against loss along training (mean over seeds)"),
-                f"{prefix}llc_vs_loss", "Each line follows one condition through its checkpoints "
+            figs.append(FigureJob(
+                f"{prefix}llc_vs_loss", llc_vs_loss,
+                (traj, data.panels,
+                 f"{data.name}: LLC against loss along training (mean over seeds)"),
+                "Each line follows one condition through its checkpoints "
                 "(mean over seeds of the healthy LLC estimates against the geometric mean loss); "
                 "training moves from right (high loss) to left, ending at the large marker. "
                 "Hollow markers: at least one seed's estimate there is unhealthy (the line skips "
@@ -70,7 +74,7 @@ def cross_figures(data: RunData, prefix: str) -> list[Rendered]:
     return figs
 
 
-def _final_geometry_figure(data: RunData, prefix: str) -> Rendered:
+def _final_geometry_figure(data: RunData, prefix: str) -> FigureJob:
     final = final_rows(data)
     firsts = {p.key: final[final["condition"] == p.key].sort_values("seed") for p in data.panels}
     wanted = {int(d["instance"].iloc[0]): [(data.max_step, "end")] for d in firsts.values()
@@ -92,10 +96,11 @@ def _final_geometry_figure(data: RunData, prefix: str) -> Rendered:
             "(Chen et al.'s notation: \"5+\" is a 5-gon with a positive-bias feature off it)"
             if data.m == 2 else "W^T W of the first seed; the line under each name lists every "
             "seed's dimensions per feature D*")
-    return render(final_geometry_grid(items, data.m, f"{data.name}: geometry at the end of "
-                                      f"training (step {data.max_step})"),
-                  f"{prefix}final_geometry", f"Final geometry of every condition: {what}.",
-                  "final geometry of every condition")
+    return FigureJob(f"{prefix}final_geometry", final_geometry_grid,
+                     (items, data.m, f"{data.name}: geometry at the end of training "
+                      f"(step {data.max_step})"),
+                     f"Final geometry of every condition: {what}.",
+                     "final geometry of every condition")
 
 
 def _phase(data: RunData, instance: int, step: int) -> str:
@@ -108,7 +113,7 @@ def _phase(data: RunData, instance: int, step: int) -> str:
         row["phase"].iloc[0]) else ""
 
 
-def condition_figures(data: RunData, prefix: str) -> list[tuple[Panel, Rendered]]:
+def condition_figures(data: RunData, prefix: str) -> list[tuple[Panel, FigureJob]]:
     """One detail figure per condition: curves with transitions, snapshots at the transitions."""
     curves = loss_curves(data)
     llc = llc_curves(data)
@@ -140,8 +145,7 @@ def condition_figures(data: RunData, prefix: str) -> list[tuple[Panel, Rendered]
         first = own["step"] == own["step"].min()
         limits = common_loss_limits(own["loss"].to_numpy(float),
                                     own.loc[first, "loss"].to_numpy(float))
-        fig = condition_figure(panel.title, panel.activation, tracks, data.max_step, data.m,
-                               limits)
+        args = (panel.title, panel.activation, tracks, data.max_step, data.m, limits)
         caption = (f"{panel.title}: loss (log), LLC (±1 sd over "
                    "chains) and " + ("the k-gon's vertex count" if data.m == 2 else
                                      "dimensions per feature") +
@@ -151,18 +155,18 @@ def condition_figures(data: RunData, prefix: str) -> list[tuple[Panel, Rendered]
                    "and at the end, one row per seed"
                    + (f" (the first {MAX_SNAPSHOT_SEEDS} seeds)." if len(rows) > MAX_SNAPSHOT_SEEDS
                       else "."))
-        out.append((panel, render(fig, f"{prefix}condition_{slug(panel.key)}", caption,
-                                  f"{panel.title} detail")))
+        out.append((panel, FigureJob(f"{prefix}condition_{slug(panel.key)}", condition_figure,
+                                     args, caption, f"{panel.title} detail")))
     return out
 
 
-def comparison_figures(runs: list[RunData]) -> list[Rendered]:
+def comparison_figures(runs: list[RunData]) -> list[FigureJob]:
     """Several runs: final loss/LLC per activation, and loss curves with runs overlaid."""
     names = [r.name for r in runs]
     finals = pd.concat([final_rows(r).assign(run=r.name) for r in runs], ignore_index=True)
-    figs = [render(runs_final_dotplot(finals, names, "Final loss and LLC of every instance, "
-                                      "by activation and run"),
-                   "compare_finals", "One marker per instance at the end of training; marker "
+    figs = [FigureJob("compare_finals", runs_final_dotplot,
+                      (finals, names, "Final loss and LLC of every instance, by activation and "
+                       "run"), "One marker per instance at the end of training; marker "
                    "shape is the run, colour the activation.", "final loss and LLC by run")]
     curves, panels = [], {}
     for r_i, r in enumerate(runs):
@@ -172,9 +176,10 @@ def comparison_figures(runs: list[RunData]) -> list[Rendered]:
         for p in r.panels:
             panels.setdefault(p.key, Panel(p.key, p.title, p.activation, []))
             panels[p.key].seeds.append(r_i)
-    fig = loss_grid(pd.concat(curves, ignore_index=True), list(panels.values()),
-                    max(r.max_step for r in runs), "Loss over training, runs overlaid "
-                    "(median over seeds)", series_names=dict(enumerate(names)))
-    figs.append(render(fig, "compare_loss_grid", "Median loss over seeds for every condition; "
+    figs.append(FigureJob(
+        "compare_loss_grid", loss_grid,
+        (pd.concat(curves, ignore_index=True), list(panels.values()),
+         max(r.max_step for r in runs), "Loss over training, runs overlaid (median over seeds)",
+         dict(enumerate(names))), "Median loss over seeds for every condition; "
                        "line style is the run (see the legend).", "loss by run"))
     return figs

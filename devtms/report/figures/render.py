@@ -4,20 +4,29 @@ Saving runs inside `rc_context(RC)` too: tick labels and grid lines are created 
 is drawn, so the style must be in force then, not only while the builder ran.
 
     >>> png = figure_bytes(fig, "png", creator="devtms calibrate")
-    >>> rendered = render(fig, "loss_grid", caption, alt)       # PNG + PDF for the report
+    >>> job = FigureJob("loss_grid", loss_grid, (curves, panels, 3000, title), caption, alt)
+    >>> rendered = render(job)       # builds the figure: PNG + PDF files, a small PNG for the page
+
+A report figure is a `FigureJob`: the builder and its arguments, not the figure. That makes it
+cheap to send to a worker process (devtms.report.rendering) and lets its inputs be hashed, so
+an unchanged figure is not drawn again.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import matplotlib
 from matplotlib.figure import Figure
+from PIL import Image
 
 from devtms.report.figures.style import RC
 
 PNG_DPI = 110  # PDFs keep the figure's dpi: it only sets the resolution of embedded images
+PAGE_COLORS = 128  # the page's copy of a PNG: a palette of this many colours (about 1/3.5 the bytes)
 
 
 def figure_bytes(fig: Figure, fmt: str, *, creator: str, dpi: int | None = None) -> bytes:
@@ -33,19 +42,51 @@ def figure_bytes(fig: Figure, fmt: str, *, creator: str, dpi: int | None = None)
     return buffer.getvalue()
 
 
-@dataclass
-class Rendered:
-    """A rendered figure of the report: its file stem, PNG and PDF bytes, caption, alt text."""
+def page_png(png: bytes) -> bytes:
+    """The copy of a PNG the HTML embeds: same pixels, quantized to PAGE_COLORS colours.
 
-    stem: str
-    png: bytes
-    pdf: bytes
+    Plots are mostly flat colour with antialiased edges: a palette keeps them sharp and the
+    page small; the full-colour PNG stays in the figures directory."""
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    palette = image.quantize(colors=PAGE_COLORS, method=Image.Quantize.FASTOCTREE,
+                             dither=Image.Dither.NONE)
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class FigureJob:
+    """A report figure to make: `build(*args)` returns the Figure.
+
+    build must be a module-level function and args picklable (numbers, strings, DataFrames,
+    arrays, dataclasses of these): the job travels to worker processes and its pickle is the
+    figure's input hash."""
+
+    stem: str  # file name without extension, and the HTML id
+    build: Callable[..., Figure]
+    args: tuple[Any, ...] = field(repr=False)
     caption: str
     alt: str
 
 
-def render(fig: Figure, stem: str, caption: str, alt: str) -> Rendered:
-    """PNG and PDF of a report figure."""
+@dataclass
+class Rendered:
+    """A rendered figure of the report: its file stem, PNG and PDF bytes, the page's PNG,
+    caption, alt text."""
+
+    stem: str
+    png: bytes
+    pdf: bytes
+    page_png: bytes
+    caption: str
+    alt: str
+
+
+def render(job: FigureJob) -> Rendered:
+    """Build the job's figure and save it: PNG and PDF, and the page's smaller PNG."""
+    fig = job.build(*job.args)
     creator = "devtms report"
-    return Rendered(stem, figure_bytes(fig, "png", creator=creator, dpi=PNG_DPI),
-                    figure_bytes(fig, "pdf", creator=creator), caption, alt)
+    png = figure_bytes(fig, "png", creator=creator, dpi=PNG_DPI)
+    return Rendered(job.stem, png, figure_bytes(fig, "pdf", creator=creator), page_png(png),
+                    job.caption, job.alt)
