@@ -156,8 +156,9 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
 
     from devtms import llc
-    from devtms.executors import DaskExecutor, LocalExecutor, usable_cores
+    from devtms.executors import DaskExecutor, LocalExecutor
     from devtms.store import RunDir
+    from devtms.threads import usable_cores
 
     tmp = tempfile.TemporaryDirectory(prefix="scaling_bench_")
     work = Path(tmp.name)

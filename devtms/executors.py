@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 from devtms.allocator import keep_freed_memory
 from devtms.errors import UserError
+from devtms.threads import usable_cores
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -236,14 +237,6 @@ def prepare_worker() -> None:
     if "MALLOC_TRIM_THRESHOLD_" in os.environ:
         keep_freed_memory()
     _PREPARED = True
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (a SLURM allocation or taskset may be fewer than the box)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def connect_timeout() -> float:

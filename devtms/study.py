@@ -29,9 +29,10 @@ class StudyResult:
 
 def run_study(run: RunDir, *, device: str = "cpu", executor: Executor | None = None,
               progress: bool = True, say: Callable[[str], None] = print,
-              llc_setting: str | None = None) -> StudyResult:
+              llc_setting: str | None = None, threads: int | None = None) -> StudyResult:
     """Run every stage on `run` (the caller holds the run lock). llc_setting: the id of the LLC
-    setting analyze and report read (default: the run's active one); checked first."""
+    setting analyze and report read (default: the run's active one); checked first. threads:
+    torch threads of train and llc (None: devtms.threads' policy)."""
     from devtms.analyze import analyze_run
     from devtms.llc import build_request, choose, read_llc_table, run_llc
     from devtms.report import default_out, load_run, write_report
@@ -50,14 +51,14 @@ def run_study(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
         say(line)
 
     def train() -> str:
-        trained = train_run(run, device=device, executor=executor)
+        trained = train_run(run, device=device, executor=executor, threads=threads)
         diverged = run.stage("train").get("diverged", [])
         done = f"trained {trained} steps" if trained else "already complete"
         return done + (f"; {len(diverged)} instance(s) diverged" if diverged else "")
 
     def llc() -> str:
         request = build_request(run, device=device)
-        summary = run_llc(run, request, executor, progress=progress)
+        summary = run_llc(run, request, executor, progress=progress, threads=threads)
         states = f" ({summary.state_counts})" if summary.unhealthy else ""
         return (f"setting {request.params.tag(request.engine)}: {summary.computed} estimates "
                 f"computed, {summary.already_done} already done, {summary.unhealthy} not "

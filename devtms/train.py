@@ -34,6 +34,7 @@ from devtms.executors import Executor, LocalExecutor
 from devtms.progress import progress_bar
 from devtms.schedule import checkpoint_steps, log_steps_default_every
 from devtms.store import TRAIN_LOG, RunDir
+from devtms.threads import threads_for, torch_threads
 
 Tensor = torch.Tensor
 
@@ -288,16 +289,26 @@ def merge_checkpoints(parts: list[Checkpoint]) -> Checkpoint:
     return Checkpoint(parts[0].step, tensors, log.reset_index(drop=True))
 
 
-def train_run(run: RunDir, *, device: str = "cpu", executor: Executor | None = None) -> int:
+def train_run(run: RunDir, *, device: str = "cpu", executor: Executor | None = None,
+              threads: int | None = None) -> int:
     """Train (or finish training) every instance of `run`, writing checkpoints and the log.
 
     Verifies every checkpoint on disk first and resumes after the last good one. Instances
     train in shards of train.shard_size (one shard by default); a Dask executor runs the shards
     of each checkpoint interval in parallel, in-process (None or a LocalExecutor) training
     steps them in lockstep. Both compute exactly the same numbers; only this process writes
-    the run directory.
+    the run directory. threads: torch threads in this process (None: devtms.threads' policy,
+    one for ops as small as a TMS's).
     -> the number of steps trained (0: the run was already complete and intact).
     """
+    config, instances = run.config, run.instances
+    shard = min(config.train.shard_size or len(instances), len(instances))
+    n = threads_for(shard * config.train.batch_size * config.model.n_features, threads)
+    with torch_threads(n):
+        return _train(run, device, executor, n)
+
+
+def _train(run: RunDir, device: str, executor: Executor | None, threads: int) -> int:
     config, instances = run.config, run.instances
     schedule = checkpoint_steps(config.train.steps, config.checkpoints.log_points,
                                 config.checkpoints.linear_every)
@@ -350,7 +361,7 @@ def train_run(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
     final = run.load_checkpoint(config.train.steps)
     diverged = non_finite_instances(final["W"], final["b"], instances["instance"].to_numpy())
     run.set_stage("train", done=True, last_step=config.train.steps, diverged=diverged,
-                  compiled=compiled)
+                  compiled=compiled, threads=threads)
     return config.train.steps - resumed_from
 
 

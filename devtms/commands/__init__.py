@@ -8,6 +8,14 @@ def add_device(parser: argparse.ArgumentParser) -> None:
                         help="torch device for the batched programs: cpu (default) or cuda[:i]")
 
 
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=int, metavar="N",
+        help="torch threads in this process (default: 1 while the ops are as small as a TMS's, "
+             "where more threads only wait on each other; one per core for large ones). Use "
+             "--scheduler dask to put more cores to work; results do not depend on it")
+
+
 def add_scheduler(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scheduler", default="local", metavar="{local,dask,tcp://HOST:PORT}",

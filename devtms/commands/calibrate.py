@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from devtms.commands import add_device
+from devtms.commands import add_device, add_threads
 from devtms.commands.llc import add_hyperparameters, overrides
 from devtms.errors import UserError
 
@@ -73,14 +73,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="run the step through torch.compile (auto: for large grids)")
     add_device(p)
+    add_threads(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from devtms import calibrate
     from devtms.store import RunDir
+    from devtms.threads import check_threads, threads_for, torch_threads
 
+    threads = threads_for(0, check_threads(args.threads))  # a calibration's tiles are small
     run_dir = RunDir.open(args.run_dir)
+    with torch_threads(threads):
+        return _calibrate(run_dir, args)
+
+
+def _calibrate(run_dir, args: argparse.Namespace) -> int:
+    from devtms import calibrate
+
     if args.auto:
         return run_auto(run_dir, args)
     if args.step is None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from devtms.commands import add_device, add_scheduler, open_executor
+from devtms.commands import add_device, add_scheduler, add_threads, open_executor
 
 DESCRIPTION = """\
 Estimate the local learning coefficient (LLC) of every instance at every checkpoint.
@@ -75,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "run's LLC job is large enough to repay compiling), on, off")
     add_device(p)
     add_scheduler(p)
+    add_threads(p)
     p.set_defaults(func=run)
 
 
@@ -107,7 +108,9 @@ def overrides(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from devtms import llc
     from devtms.store import LLC_CSV, RunDir
+    from devtms.threads import check_threads
 
+    threads = check_threads(args.threads)
     run_dir = RunDir.open(args.run_dir)
     request = llc.build_request(
         run_dir, instances=args.instances, steps=args.steps, engine=args.engine,
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         if args.activate:  # first, so that the stage's record counts this setting
             llc.activate(run_dir, llc.Setting(request.params, request.engine,
                                               "devtms llc --activate"))
-        summary = llc.run_llc(run_dir, request, executor)
+        summary = llc.run_llc(run_dir, request, executor, threads=threads)
     for note in run_dir.notes:  # repairs of damaged files
         print(f"note: {note}", file=sys.stderr)
     setting = llc.Setting(request.params, request.engine)

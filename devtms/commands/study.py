@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from devtms.commands import add_device, add_scheduler, open_executor
+from devtms.commands import add_device, add_scheduler, add_threads, open_executor
 from devtms.commands.analyze import add_setting
 
 DESCRIPTION = """\
@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_setting(p)
     add_device(p)
     add_scheduler(p)
+    add_threads(p)
     p.set_defaults(func=run)
 
 
@@ -55,15 +56,18 @@ def run(args: argparse.Namespace) -> int:
     from devtms.options import check_device
     from devtms.store import lock_dir
     from devtms.study import run_study
+    from devtms.threads import check_threads
 
     config, out, action = prepare_run_dir(args.config, args.out, resume=not args.force,
                                           force=args.force)
     device = check_device(args.device)
+    threads = check_threads(args.threads)
     start = time.perf_counter()
     with open_executor(args.scheduler) as executor, lock_dir(out, "devtms study"):
         run_dir = open_run_dir(out, config, action, args.scheduler)
         print(f"study {config.name}: {len(run_dir.instances)} instances -> {out}")
-        result = run_study(run_dir, device=device, executor=executor, llc_setting=args.setting)
+        result = run_study(run_dir, device=device, executor=executor, llc_setting=args.setting,
+                           threads=threads)
     for note in run_dir.notes:  # repairs of damaged files
         print(f"note: {note}", file=sys.stderr)
     print(f"done in {time.perf_counter() - start:.0f} s; open {result.report}")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from devtms.commands import add_device, add_scheduler, open_executor
+from devtms.commands import add_device, add_scheduler, add_threads, open_executor
 from devtms.errors import UserError
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing run in --out")
     add_device(p)
     add_scheduler(p)
+    add_threads(p)
     p.set_defaults(func=run)
 
 
@@ -149,13 +150,15 @@ def shard_note(config, scheduler: str, n_instances: int) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from devtms.options import check_device
     from devtms.store import lock_dir
+    from devtms.threads import check_threads
     from devtms.train import train_run
 
     config, out, action = prepare_run_dir(args.config, args.out, args.resume, args.force)
     device = check_device(args.device)  # before anything is written
+    threads = check_threads(args.threads)
     with open_executor(args.scheduler) as executor, lock_dir(out, "devtms train"):
         run_dir = open_run_dir(out, config, action, args.scheduler)
-        trained = train_run(run_dir, device=device, executor=executor)
+        trained = train_run(run_dir, device=device, executor=executor, threads=threads)
     for note in run_dir.notes:  # repairs of damaged files
         print(f"note: {note}", file=sys.stderr)
     if trained == 0:

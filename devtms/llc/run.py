@@ -19,6 +19,7 @@ from devtms.llc.plan import auto_chunk_size, plan_chunks
 from devtms.llc.request import LLCRequest, RunInputs
 from devtms.progress import progress_bar
 from devtms.store import RunDir
+from devtms.threads import threads_for, torch_threads
 
 
 @dataclass
@@ -36,17 +37,20 @@ class LLCSummary:
 
 
 def run_llc(run: RunDir, request: LLCRequest, executor: Executor | None = None,
-            progress: bool = True) -> LLCSummary:
+            progress: bool = True, threads: int | None = None) -> LLCSummary:
     """Estimate what `request` asks and llc.csv lacks, appending after every chunk, then record
     the stage in run.json ("done": llc.csv covers every instance x checkpoint at the run's
-    active setting). Holds no lock: the caller holds `run.lock(...)`."""
-    summary = _estimate_pending(run, request, executor or LocalExecutor(), progress)
+    active setting). Holds no lock: the caller holds `run.lock(...)`.
+
+    threads: torch threads of the chunks run in this process (None: devtms.threads' policy;
+    Dask workers always run one)."""
+    summary = _estimate_pending(run, request, executor or LocalExecutor(), progress, threads)
     run.set_stage("llc", done=default_job_complete(run))
     return summary
 
 
 def _estimate_pending(run: RunDir, request: LLCRequest, executor: Executor,
-                      progress: bool) -> LLCSummary:
+                      progress: bool, threads: int | None) -> LLCSummary:
     table = llc_table.read_for_update(run)
     done = llc_table.done_pairs(table, request.params, request.engine)
     wanted = [(i, s) for i in request.instances for s in request.steps]
@@ -68,7 +72,9 @@ def _estimate_pending(run: RunDir, request: LLCRequest, executor: Executor,
     llc_table.remove_orphan_traces(run, table)
     tasks = (inputs.task(instances, steps, request) for instances, steps in chunks)
     bar = progress_bar(len(pending), f"llc ({request.engine})", "estimate", enabled=progress)
-    with bar:
+    # the largest op of a chunk: its estimates x chains x minibatch x features
+    op_elements = size * request.params.chains * request.params.batch_size * n
+    with bar, torch_threads(threads_for(op_elements, threads)):
         for result in executor.map(estimate_chunk, tasks):
             result = result.only(todo)  # a chunk partly done by an earlier, other request
             llc_table.save_traces(run, result)  # traces first: a row always has its traces

@@ -9,7 +9,7 @@ matplotlib: the same digest means the same files. `devtms.report.write` keeps ea
 digest in the figures directory's manifest and reads the files back instead of drawing them
 again.
 
-Figures are drawn in worker processes, one per core (`workers()`), started by a forkserver:
+Figures are drawn in worker processes, one per core (`usable_cores()`), started by a forkserver:
 a fork of a process that has run torch's thread pools (as `devtms study` has) is not safe,
 and a forkserver imports the drawing code once instead of in every worker.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import multiprocessing
-import os
 import pickle
 from concurrent.futures import ProcessPoolExecutor
 from importlib import resources
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 from devtms import __version__
 from devtms.progress import progress_bar
 from devtms.report.figures.render import FigureJob, Rendered, render
+from devtms.threads import usable_cores
 
 WORKER_MODULES = ["devtms.report.run_figures"]  # imported once by the forkserver
 
@@ -52,16 +52,13 @@ def input_digest(job: FigureJob) -> str:
     return h.hexdigest()
 
 
-def workers() -> int:
-    """Worker processes for drawing: one per core this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def render_all(jobs: list[FigureJob], n_workers: int | None = None,
                progress: bool = True) -> list[Rendered]:
-    """Render the jobs, in their order. n_workers None: `workers()`; 1 (or one job): in this
+    """Render the jobs, in their order. n_workers None: one per core; 1 (or one job): in this
     process."""
-    n_workers = min(n_workers or workers(), len(jobs))
+    n_workers = min(n_workers or usable_cores(), len(jobs))
     with progress_bar(len(jobs), "figures", unit="fig", enabled=progress) as bar:
         if n_workers <= 1:
             return [_counted(render(job), bar) for job in jobs]
