@@ -141,7 +141,8 @@ def transitions_table(geometry: pd.DataFrame, losses: pd.DataFrame, llc: pd.Data
                                         settings):
             rows.append({"instance": int(instance), **event})
     table = pd.DataFrame(rows, columns=tr.EVENT_COLUMNS)
-    for name in ("size", "llc_lag", "llc_size", "geometry_lag"):
+    for name in ("size", "llc_lag", "llc_size", "llc_before", "llc_after", "llc_change_se",
+                 "geometry_lag"):
         table[name] = geo.round_sig(table[name].to_numpy(dtype=float))
     for name in ("llc_step", "geometry_step"):
         table[name] = pd.array(table[name], dtype="Int64")

@@ -25,6 +25,13 @@ lag = log10(their step) - log10(drop step) in decades (positive: after the drop)
 change is seen when the new vertex reaches half the longest norm, the loss falls fastest a
 little later).
 
+Across each loss drop, the LLC levels of the plateaus either side (`llc_across_drops`): the
+mean of the last PLATEAU_ESTIMATES healthy estimates between the previous drop's end and this
+drop's start, and between its end and the next drop's start. `llc_rises_across` is True when
+the level after exceeds the level before by RISE_Z standard errors, None when a plateau has
+no healthy estimate. It is the test theory asks for (the new critical point has the larger
+learning coefficient); the nearest-jump alignment above asks that the rise be steep as well.
+
 "Superposition emerges" at the first step of the final run of checkpoints in which more
 features are represented than the model has hidden dimensions (n_represented > m: the
 definition of superposition; D_i alone is not used, since random initialisations already share
@@ -92,9 +99,11 @@ def changes(steps: Sequence[int], values: Sequence, min_persist: int = 2) -> lis
 
 EVENT_COLUMNS = [
     "instance", "kind", "step", "size", "description", "llc_step", "llc_lag", "llc_size",
-    "coincides_llc_rise", "geometry_step", "geometry_lag", "geometry_description",
-    "coincides_geometry",
+    "coincides_llc_rise", "llc_before", "llc_after", "llc_change_se", "llc_rises_across",
+    "geometry_step", "geometry_lag", "geometry_description", "coincides_geometry",
 ]
+PLATEAU_ESTIMATES = 3  # a plateau's LLC level: the mean of its last this many healthy estimates
+RISE_Z = 2.0  # the LLC rises across a drop when after - before exceeds this many standard errors
 
 # kinds, in the order a tie for "nearest" is resolved
 GEOMETRY_KINDS = ["kgon_change", "antipodal_change", "superposition_change", "dims_plateau"]
@@ -143,7 +152,8 @@ def loss_drops(steps: Sequence[int], loss: Sequence[float], params: StepParams =
         before, after = 10 ** y[s.start], 10 ** y[s.end]
         out.append(dict(kind="loss_drop", step=int(st[s.index]), size=-s.size,
                         description=f"loss {before:.3g} -> {after:.3g} "
-                                    f"(steps {st[s.start]}-{st[s.end]})"))
+                                    f"(steps {st[s.start]}-{st[s.end]})",
+                        start=int(st[s.start]), end=int(st[s.end])))
     return out
 
 
@@ -226,6 +236,48 @@ def nearest_geometry(drop_step: int, events: list[dict], tolerance: float) -> tu
     return change, lag
 
 
+def plateau_level(steps: np.ndarray, llc: np.ndarray, sem: np.ndarray, lo: float, hi: float,
+                  k: int = PLATEAU_ESTIMATES) -> tuple[float, float]:
+    """The LLC level of the plateau between steps lo and hi (inclusive): the mean of its last k
+    estimates, with a standard error that counts both the chains' sem and the spread of the
+    estimates (the weights still move on a plateau). -> (level, se); (nan, nan) if none."""
+    inside = (steps >= lo) & (steps <= hi)
+    y, e = llc[inside][-k:], sem[inside][-k:]
+    if not len(y):
+        return np.nan, np.nan
+    spread = np.var(y, ddof=1) if len(y) > 1 else np.mean(e**2)
+    return float(np.mean(y)), float(np.sqrt((np.mean(e**2) + spread) / len(y)))
+
+
+def llc_across_drops(drops: list[dict], steps: Sequence[int], llc: Sequence[float],
+                     sem: Sequence[float]) -> list[dict]:
+    """Each loss drop's LLC levels on the plateaus either side of it, and whether it rises.
+
+    A drop's plateaus run from the end of the drop before it (or step 0) to its start, and
+    from its end to the start of the next drop (or the end of training): the phases SGD sits in
+    before and after the transition. The learning coefficient of a critical point is a level,
+    not an event: on chen2023 the LLC climbs over the decade of steps in which the weights
+    settle onto the new k-gon, so the smoothed-curve jumps (`llc_jumps`) miss most of these
+    rises, while the plateau levels differ by 6-24 standard errors.
+    -> per drop: llc_before, llc_after, llc_change_se, llc_rises_across (None when a plateau
+       has no estimate: typically every checkpoint before the drop was not at a minimum)
+    """
+    st, y, e = (np.asarray(v, float) for v in (steps, llc, sem))
+    order = sorted(range(len(drops)), key=lambda j: drops[j]["step"])
+    out: list[dict] = [{} for _ in drops]
+    for rank, j in enumerate(order):
+        d = drops[j]
+        lo = drops[order[rank - 1]]["end"] if rank else 0
+        hi = drops[order[rank + 1]]["start"] if rank + 1 < len(order) else np.inf
+        before, before_se = plateau_level(st, y, e, lo, d["start"])
+        after, after_se = plateau_level(st, y, e, d["end"], hi)
+        se = float(np.hypot(before_se, after_se))
+        rises = None if np.isnan(before) or np.isnan(after) else bool(after - before > RISE_Z * se)
+        out[j] = dict(llc_before=before, llc_after=after, llc_change_se=se,
+                      llc_rises_across=rises)
+    return out
+
+
 def align(drops: list[dict], llc: list[dict], geometry: list[dict], tolerance: float,
           have_llc: bool) -> list[dict]:
     """Add to each loss drop the nearest LLC jump and geometry change (see module docstring)."""
@@ -263,7 +315,14 @@ def instance_events(steps: Sequence[int], loss: Sequence[float], geometry: pd.Da
         jumps = llc_jumps(llc["step"].to_numpy(), llc["llc_mean"].to_numpy(),
                           llc["llc_sem"].to_numpy() if "llc_sem" in llc else None, settings.llc)
     geo = geometry_changes(geometry, settings)
-    rows = align(drops, jumps, geo, tolerance, llc is not None and len(llc) > 0) + jumps + geo
+    aligned = align(drops, jumps, geo, tolerance, llc is not None and len(llc) > 0)
+    if llc is not None and len(llc):
+        across = llc_across_drops(drops, llc["step"].to_numpy(), llc["llc_mean"].to_numpy(),
+                                  llc["llc_sem"].to_numpy() if "llc_sem" in llc else
+                                  np.zeros(len(llc)))
+        for row, levels in zip(aligned, across, strict=True):
+            row.update(levels)
+    rows = aligned + jumps + geo
     return sorted(rows, key=lambda e: (e["step"], KINDS.index(e["kind"])))
 
 

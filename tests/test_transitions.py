@@ -190,3 +190,67 @@ def test_local_linear_recovers_a_line_exactly():
     value, slope, L = local_linear(x, 2.0 - 0.7 * x, bandwidth=0.1)
     assert np.allclose(value, 2.0 - 0.7 * x) and np.allclose(slope, -0.7)
     assert np.allclose(L.sum(1), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The LLC across a loss drop: plateau levels
+
+
+def gradual_llc(levels: list[tuple[int, float]], settle: float, seed: int, sem: float = 0.1):
+    """An LLC that climbs to each new level over `settle` decades after its step (linearly in
+    log step, as on chen2023, where it takes about a decade), plus noise of sd `sem`."""
+    rng = np.random.default_rng(seed)
+    y = np.full(len(X), levels[0][1])
+    for (_, old), (step, new) in zip(levels, levels[1:], strict=False):
+        y += (new - old) * np.clip((X - np.log10(step)) / settle, 0, 1)
+    return y + rng.normal(0, sem, len(X)), np.full(len(X), sem)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_gradual_llc_rise_is_found_as_a_higher_plateau_level(seed):
+    """The LLC rises 4 -> 7.5 over a decade after a drop at step ~300, then 7.5 -> 8.5 after a
+    drop at ~5000: the plateau levels are the planted ones, both rises are found."""
+    drops_at = [int(STEPS[28]), int(STEPS[44])]
+    loss = planted_loss([(drops_at[0], 0.3), (drops_at[1], 0.2)], seed=seed)
+    llc, sem = gradual_llc([(0, 4.0), (drops_at[0], 7.5), (drops_at[1], 8.5)], settle=0.5,
+                           seed=seed)
+    table = pd.DataFrame({"step": STEPS, "llc_mean": llc, "llc_sem": sem})
+    events = tr.instance_events(STEPS, loss, geometry_rows(list(STEPS), ["5+"] * len(STEPS)),
+                                table)
+    first, second = sorted((e for e in events if e["kind"] == "loss_drop"),
+                           key=lambda e: e["step"])
+    assert first["llc_before"] == pytest.approx(4.0, abs=0.3)
+    assert first["llc_after"] == pytest.approx(7.5, abs=0.3)
+    assert second["llc_after"] == pytest.approx(8.5, abs=0.3)
+    assert first["llc_rises_across"] is True and second["llc_rises_across"] is True
+    assert 0 < first["llc_change_se"] < 0.5
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_flat_llc_rises_across_no_drop(seed):
+    """Loss drops with an LLC that does not move: no rise is invented (the levels' difference
+    stays within RISE_Z standard errors)."""
+    drops_at = [int(STEPS[28]), int(STEPS[44])]
+    loss = planted_loss([(drops_at[0], 0.3), (drops_at[1], 0.2)], seed=seed)
+    llc, sem = gradual_llc([(0, 6.0)], settle=0.5, seed=seed, sem=0.3)
+    table = pd.DataFrame({"step": STEPS, "llc_mean": llc, "llc_sem": sem})
+    events = tr.instance_events(STEPS, loss, geometry_rows(list(STEPS), ["5+"] * len(STEPS)),
+                                table)
+    drops = [e for e in events if e["kind"] == "loss_drop"]
+    assert len(drops) == 2
+    assert all(d["llc_rises_across"] is False for d in drops)
+
+
+def test_a_plateau_without_estimates_leaves_the_rise_unmeasured():
+    """No healthy estimate before the drop (every checkpoint there not at a minimum): None,
+    neither a rise nor its absence."""
+    drop_at = int(STEPS[30])
+    loss = planted_loss([(drop_at, 0.3)], seed=1)
+    keep = STEPS > drop_at * 2
+    table = pd.DataFrame({"step": STEPS[keep], "llc_mean": np.full(keep.sum(), 8.0),
+                          "llc_sem": np.full(keep.sum(), 0.2)})
+    events = tr.instance_events(STEPS, loss, geometry_rows(list(STEPS), ["5+"] * len(STEPS)),
+                                table)
+    (drop,) = [e for e in events if e["kind"] == "loss_drop"]
+    assert np.isnan(drop["llc_before"]) and drop["llc_after"] == pytest.approx(8.0)
+    assert drop["llc_rises_across"] is None

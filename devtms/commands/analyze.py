@@ -109,8 +109,10 @@ def print_report(run_dir, result, show: int) -> None:
         with_geo = drops["coincides_geometry"].astype(bool)
         line = f"loss drops with a geometry change within tolerance: {with_geo.sum()}/{len(drops)}"
         if result.have_llc:
+            across = drops["llc_rises_across"]
             line += (f"; with an LLC rise: {drops['coincides_llc_rise'].astype(bool).sum()}"
-                     f"/{len(drops)}")
+                     f"/{len(drops)} as a jump, {int((across == True).sum())}"  # noqa: E712
+                     f"/{int(across.notna().sum())} measurable as a higher plateau level")
         print(line)
     print("\nper activation:")
     for row in result.summary.itertuples(index=False):
