@@ -6,8 +6,10 @@ Runs (into OUT, default runs/chen2023_kgons):
   chen2023/   the `chen2023` preset: 6 features, 2 hidden, with bias, single-feature data, a
               finite training set of N = 1000, SGD lr 0.01 momentum 0.9, batch 100, 20,000
               steps, 60 log-spaced checkpoints, 16 seeds; then `devtms llc` at every checkpoint
-              (SGLD eps 1e-3, gamma 100, 8 chains x 200 draws after 200 burn-in) and
-              `devtms analyze` (k-gons, loss drops, LLC jumps and their alignment)
+              at the preset's calibrated setting (devtms calibrate --auto: eps 3e-3,
+              gamma 5, 8 chains x 1000 draws after 500 burn-in, on the loss summed over
+              features) and `devtms analyze` (k-gons, loss drops, LLC jumps, the LLC levels
+              either side of each drop, and their alignment)
 
 Figures (OUT/figures/, PNG and PDF):
   kgon_sequences.png   the k-gon label along training, one row per seed (debounced as devtms
@@ -17,7 +19,7 @@ Figures (OUT/figures/, PNG and PDF):
   kgon_loss_llc.png    loss and LLC at the end of every k-gon plateau, coloured by k: Chen et
                        al.'s ordering (more vertices: lower loss, higher LLC)
   final_kgons.png      the final polygon of every seed
-  sequences.csv, plateaus.csv, alignment.csv   the numbers
+  sequences.csv, plateaus.csv, alignment.csv, llc_across_drops.csv   the numbers
 
 Time on 2 CPU cores shared with other jobs (load average 6-10): 10 minutes (training 1 min,
 the LLC of 16 seeds x 60 checkpoints 7.5 min, analysis and figures 1.5 min); --small (4 seeds,
@@ -238,26 +240,22 @@ def final_figure(run, result, out, pdf) -> None:
     save(fig, out, "final_kgons", pdf)
 
 
-def llc_across_drops(result, llc_table) -> pd.DataFrame:
-    """For every loss drop, the LLC at the checkpoints where the drop starts and ends (the span
-    devtms analyze reports in its description, "steps a-b"): does the LLC rise across it?"""
-    rows = []
-    drops = result.transitions[result.transitions["kind"] == "loss_drop"]
-    for d in drops.itertuples():
-        span = re.search(r"steps (\d+)-(\d+)", str(d.description))
-        if span is None:
-            continue
-        a, z = int(span.group(1)), int(span.group(2))
-        li = llc_table[llc_table["instance"] == d.instance].set_index("step")
-        if a not in li.index or z not in li.index:
-            continue
-        before, after = li.loc[a], li.loc[z]
-        sem = math.hypot(before["llc_sem"], after["llc_sem"])
-        rows.append(dict(instance=d.instance, drop_step=d.step, start=a, end=z,
-                         loss_drop_decades=d.size, llc_before=before["llc_mean"],
-                         llc_after=after["llc_mean"], llc_change=after["llc_mean"] - before["llc_mean"],
-                         z=(after["llc_mean"] - before["llc_mean"]) / sem if sem > 0 else np.nan))
-    return pd.DataFrame(rows)
+def llc_across_drops(result) -> pd.DataFrame:
+    """Every loss drop with the LLC levels of the plateaus either side (devtms analyze's
+    llc_before / llc_after / llc_rises_across) and the geometry change it coincides with."""
+    ev = result.transitions
+    drops = ev[ev["kind"] == "loss_drop"]
+    return drops[["instance", "step", "size", "geometry_description", "coincides_geometry",
+                  "llc_before", "llc_after", "llc_change_se", "llc_rises_across",
+                  "coincides_llc_rise"]].rename(columns={"step": "drop_step",
+                                                         "size": "loss_drop_decades"})
+
+
+def vertex_gain(row) -> bool:
+    """The drop coincides with a k-gon change that adds vertices ("k-gon 4++ -> 5+")."""
+    found = re.match(r"k-gon (\S+) -> (\S+)", str(row.geometry_description))
+    return bool(row.coincides_geometry) and found is not None and \
+        k_of(found.group(2)) > k_of(found.group(1))
 
 
 def alignment(run, result) -> pd.DataFrame:
@@ -321,13 +319,16 @@ def main() -> None:
            f"{int(tot['kgon_changes_with_drop'])}")
     msg += f"; loss drops with a detected LLC rise {int(tot['drops_with_llc_rise'])}"
     log(msg)
-    across = llc_across_drops(result, llc_table)
+    across = llc_across_drops(result)
     write_csv(across, out, "llc_across_drops")
-    if len(across):
-        log(f"LLC across each loss drop (start -> end of the drop): rises in "
-            f"{int((across['llc_change'] > 0).sum())}/{len(across)}, by more than 2 sem in "
-            f"{int((across['z'] > 2).sum())}; median change {across['llc_change'].median():+.3f} "
-            f"(median LLC before {across['llc_before'].median():.3f})")
+    gains = across[[vertex_gain(r) for r in across.itertuples()]]
+    if len(gains):
+        rises = gains["llc_rises_across"]
+        log(f"loss drops where the k-gon gains a vertex: {len(gains)}; the LLC plateau level "
+            f"rises across {int((rises == True).sum())} of them, does not across "  # noqa: E712
+            f"{int((rises == False).sum())}, unmeasured (no healthy estimate on a "  # noqa: E712
+            f"plateau) at {int(rises.isna().sum())}; a steep LLC jump within tolerance at "
+            f"{int(gains['coincides_llc_rise'].astype(bool).sum())}")
     log(f"figures in {out / 'figures'}")
 
 

@@ -246,7 +246,7 @@ def test_a_plateau_without_estimates_leaves_the_rise_unmeasured():
     neither a rise nor its absence."""
     drop_at = int(STEPS[30])
     loss = planted_loss([(drop_at, 0.3)], seed=1)
-    keep = STEPS > drop_at * 2
+    keep = 2 * drop_at < STEPS
     table = pd.DataFrame({"step": STEPS[keep], "llc_mean": np.full(keep.sum(), 8.0),
                           "llc_sem": np.full(keep.sum(), 0.2)})
     events = tr.instance_events(STEPS, loss, geometry_rows(list(STEPS), ["5+"] * len(STEPS)),
