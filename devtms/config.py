@@ -27,12 +27,15 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
-
-from devtms.activations import expand_activation_names
 from devtms.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas and the activation registry (torch) are imported where they are used, so that
+# `devtms --help` and other commands that only read configs start without them.
 
 DataKind = Literal["sparse-uniform", "single-feature", "one-hot-binary"]
 
@@ -250,6 +253,8 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
         if not isinstance(body, dict):
             raise UserError(f"{key}: expected a table [{key}], got {body!r}")
         sections[key] = _build(cls, body, key)
+    from devtms.activations import expand_activation_names
+
     model = sections["model"]
     sections["model"] = dataclasses.replace(
         model, activations=tuple(expand_activation_names(list(model.activations)))
@@ -265,6 +270,8 @@ def instance_table(config: RunConfig) -> pd.DataFrame:
     Activation is the outermost axis, so instances sharing an activation are contiguous
     (batched code applies each activation once, to a slice).
     """
+    import pandas as pd
+
     m, d = config.model, config.data
     rows = [
         dict(
