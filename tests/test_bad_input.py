@@ -38,7 +38,7 @@ class Case:
     id: str
     argv: list[str]  # {run} {partial} {notrun} {missing} {file} {ws}: paths in the workspace
     message: str  # a substring of the one stderr line
-    files: dict[str, str] = field(default_factory=dict)  # extra files to create, name -> text
+    files: dict[str, str | bytes] = field(default_factory=dict)  # extra files: name -> content
 
 
 CASES = [
@@ -78,6 +78,20 @@ CASES = [
          config_file(train={"optimizer": "adam"})),
     Case("kgon init needs m = 2", ["train", CFG], "train.init = 'kgon'",
          config_file(model={"n_hidden": 3}, train={"seeds": [0], "init": "kgon"})),
+    Case("binary file as the config", ["train", "some.bin"], "TOML is UTF-8 text",
+         {"some.bin": bytes(range(256)) * 4}),
+    Case("empty config", ["train", CFG], "no [model] or [data] or [train] section; a config "
+         "needs [model]", {CFG: ""}),
+    Case("config without [train]", ["train", CFG], "no [train] section", config_file(train=None)),
+    # -- names from a config stay inside the output root (runs/) ---------------------------
+    Case("run name climbs out of runs/", ["train", CFG], "name = '../../evil' is not allowed",
+         config_file(name="../../evil")),
+    Case("run name is absolute", ["train", CFG], "name = '/tmp/evil' is not allowed",
+         config_file(name="/tmp/evil")),
+    Case("run name is ..", ["train", CFG], "name = '..' is not allowed", config_file(name="..")),
+    Case("run name is empty", ["train", CFG], "name = '' is not allowed", config_file(name="")),
+    Case("study run name climbs out", ["study", CFG], "name = '../evil' is not allowed",
+         config_file(name="../evil")),
     # -- train: command line ------------------------------------------------------------------
     Case("train --resume --force", ["train", CFG, "--resume", "--force"], "contradict",
          config_file()),
@@ -154,6 +168,8 @@ CASES = [
     Case("report --out under a file", ["report", "{run}", "--out", "{file}/r.html"],
          "is not a directory"),
     Case("report two runs without --out", ["report", "{run}", "{partial}"], "pass --out"),
+    Case("report --out unwritable", ["report", "{run}", "--out", "/sys/devtms-x.html"],
+         "--out /sys/devtms-x.html: cannot write in /sys"),
     Case("report the same run twice", ["report", "{run}", "{run}", "--out", "{ws}/c.html"],
          "given twice"),
     # -- study ----------------------------------------------------------------------------------
@@ -164,6 +180,8 @@ CASES = [
          config_file()),
     Case("study --device cuda without CUDA", ["study", CFG, "--device", "cuda"],
          "CUDA is not available", config_file()),
+    Case("study --out unwritable", ["study", CFG, "--out", "/sys/devtms-x"],
+         "cannot write in /sys", config_file()),
     Case("study into a foreign directory", ["study", CFG, "--out", "{notrun}"],
          "not a devtms run; refusing", config_file()),
     Case("study onto a run with another config", ["study", CFG, "--out", "{run}"],
@@ -192,7 +210,10 @@ def make_workspace(case: Case, ws: Path, trained: Path) -> dict[str, str]:
         (ws / "notrun" / "notes.txt").write_text("not a run\n")
     (ws / "file.txt").write_text("a plain file\n")
     for name, body in case.files.items():
-        (ws / name).write_text(body)
+        if isinstance(body, bytes):
+            (ws / name).write_bytes(body)
+        else:
+            (ws / name).write_text(body)
     return names
 
 

@@ -79,10 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from devtms.report import check_out, default_out, load_run, write_report
-    from devtms.store import lock_dir
+    from devtms.store import check_writable, lock_dir
 
     out = args.out if args.out is not None else default_out(args.run_dirs)
     check_out(out)
+    check_writable(out.parent, f"--out {out}")
     if len({p.resolve() for p in args.run_dirs}) != len(args.run_dirs):
         raise UserError("the same RUN_DIR is given twice")
     runs = [load_run(p, args.setting) for p in args.run_dirs]  # validates all before writing

@@ -74,7 +74,7 @@ def prepare_run_dir(config_arg: str, out: Path | None, resume: bool, force: bool
     -> (config, out, action) with action "create", "replace" or "resume".
     """
     from devtms.config import load_config
-    from devtms.store import RUN_JSON, RunDir, is_unfinished_creation
+    from devtms.store import RUN_JSON, RunDir, check_writable, is_unfinished_creation
 
     if resume and force:
         raise UserError("--resume and --force contradict each other: pick one")
@@ -91,6 +91,7 @@ def prepare_run_dir(config_arg: str, out: Path | None, resume: bool, force: bool
     out = out if out is not None else DEFAULT_RUNS / config.name
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
+    check_writable(out, f"--out {out}")
     is_run = (out / RUN_JSON).is_file()
     if out.is_dir() and not is_run and not is_unfinished_creation(out):
         raise UserError(f"--out {out} is a non-empty directory that is not a devtms run; "
