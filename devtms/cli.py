@@ -3,13 +3,16 @@
 Each module in devtms/commands/ defines `register(subparsers)`, adding one subcommand whose
 handler validates all input before writing anything.
 
-Exit status: 0 success, 2 bad input (one line on stderr, nothing written), 130 interrupted.
+Exit status: 0 success, 2 bad input (one line on stderr, nothing written), 130 interrupted,
+1 when stdout was closed early (`devtms activations | head`: quietly, as Python's documented
+recipe for SIGPIPE does).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -44,6 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return run_command(list(sys.argv[1:] if argv is None else argv))
+        finally:
+            sys.stdout.flush()  # so that a closed pipe shows here, not at the interpreter's exit
+    except BrokenPipeError:
+        # The reader went away (`| head`). Python's recipe (docs of the signal module, "Note on
+        # SIGPIPE"): send the rest of stdout to devnull, so the exit's flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def run_command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
