@@ -3,9 +3,11 @@
 Each module in devtms/commands/ defines `register(subparsers)`, adding one subcommand whose
 handler validates all input before writing anything.
 
-Exit status: 0 success, 2 bad input (one line on stderr, nothing written), 130 interrupted,
-1 when stdout was closed early (`devtms activations | head`: quietly, as Python's documented
-recipe for SIGPIPE does).
+Exit status: 0 success, 2 bad input (one line on stderr, nothing written), 130 interrupted
+(one line naming the command that continues the work), 1 when stdout was closed early
+(`devtms activations | head`: quietly, as Python's documented recipe for SIGPIPE does).
+
+Handlers get `args.given`, the command line as typed, for the messages that name it.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
 from devtms import __version__
-from devtms.errors import UserError
+from devtms.errors import Interrupted, UserError
 
 # In the order `devtms --help` lists them.
 COMMANDS = ["activations", "train", "llc", "calibrate", "analyze", "report", "study"]
@@ -62,13 +65,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    args.given = shlex.join(["devtms", *argv])
     try:
         return args.func(args)
     except UserError as e:
         print(f"devtms {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("devtms: interrupted; run the same command again to resume", file=sys.stderr)
+    except Interrupted as e:  # Ctrl-C where the command says how to go on
+        print(f"devtms {args.command}: interrupted; {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # Ctrl-C before the command wrote anything
+        print(f"devtms {args.command}: interrupted before anything was written; run "
+              f"`{args.given}` again", file=sys.stderr)
         return 130
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from devtms.commands import on_interrupt
 from devtms.commands.analyze import add_setting
 from devtms.errors import UserError
 
@@ -88,11 +89,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("the same RUN_DIR is given twice")
     runs = [load_run(p, args.setting) for p in args.run_dirs]  # validates all before writing
     owner = _owning_run(out, [r.run for r in runs])
-    if owner is None:
-        result = write_report(runs, out)
-    else:  # writing inside a run directory: hold its lock, as every writer does
-        with lock_dir(owner.path, "devtms report"):
+    advice = (f"the HTML is written last, so {out} is still the earlier report (or none); "
+              f"write it with `{args.given}`")
+    with on_interrupt(lambda: advice):
+        if owner is None:
             result = write_report(runs, out)
+        else:  # writing inside a run directory: hold its lock, as every writer does
+            with lock_dir(owner.path, "devtms report"):
+                result = write_report(runs, out)
     print(f"report -> {result.html} ({len(result.figures) // 2} figures as PNG + PDF in "
           f"{result.figures[0].parent if result.figures else '-'}; {result.seconds:.1f} s)")
     for r in runs:

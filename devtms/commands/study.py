@@ -7,7 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-from devtms.commands import add_device, add_scheduler, open_executor
+from devtms.commands import (
+    add_device,
+    add_scheduler,
+    continue_command,
+    on_interrupt,
+    open_executor,
+)
 from devtms.commands.analyze import add_setting
 
 DESCRIPTION = """\
@@ -51,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from devtms.commands.train import open_run_dir, prepare_run_dir
+    from devtms.commands.train import ResumeAdvice, open_run_dir, prepare_run_dir
     from devtms.options import check_device
     from devtms.store import lock_dir
     from devtms.study import run_study
@@ -60,8 +66,12 @@ def run(args: argparse.Namespace) -> int:
                                           force=args.force)
     device = check_device(args.device)
     start = time.perf_counter()
-    with open_executor(args.scheduler) as executor, lock_dir(out, "devtms study"):
+    setting = ["--setting", args.setting] if args.setting else []
+    advice = ResumeAdvice(args, out, action, continue_command("study", out, args, *setting))
+    with on_interrupt(advice), open_executor(args.scheduler) as executor, \
+            lock_dir(out, "devtms study"):
         run_dir = open_run_dir(out, config, action, args.scheduler)
+        advice.opened = True
         print(f"study {config.name}: {len(run_dir.instances)} instances -> {out}")
         result = run_study(run_dir, device=device, executor=executor, llc_setting=args.setting)
     for note in run_dir.notes:  # repairs of damaged files

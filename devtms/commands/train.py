@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from devtms.commands import add_device, add_scheduler, open_executor
+from devtms.commands import (
+    add_device,
+    add_scheduler,
+    continue_command,
+    on_interrupt,
+    open_executor,
+)
 from devtms.errors import UserError
 
 if TYPE_CHECKING:
@@ -127,6 +133,31 @@ def open_run_dir(out: Path, config, action: str, scheduler: str) -> RunDir:
     return run_dir
 
 
+class ResumeAdvice:
+    """What Ctrl-C during `devtms train` or `study` says. Once this process has opened the run
+    it trains (`opened`), or a run of this config exists in `out`: `resume`, the command that
+    continues it. Before that, the command as given: it makes the run afresh (or, extending,
+    extends the unchanged run).
+
+        advice = ResumeAdvice(args, out, action, "devtms train runs/x --resume")
+        with on_interrupt(advice): ...
+    """
+
+    def __init__(self, args: argparse.Namespace, out: Path, action: str, resume: str):
+        self.given, self.out, self.action, self.resume = args.given, out, action, resume
+        self.opened = action == "resume"
+
+    def __call__(self) -> str:
+        from devtms.store import RUN_JSON
+
+        # "replace" and "extend" wait for `opened`: until then run.json is the old run's
+        if self.opened or (self.action == "create" and (self.out / RUN_JSON).is_file()):
+            return f"everything written is kept; continue with `{self.resume}`"
+        if self.action == "extend":
+            return f"the run is as it was; extend it with `{self.given}`"
+        return f"nothing was trained yet; start again with `{self.given}`"
+
+
 def clear_run_dir(path: Path) -> None:
     """Remove a run directory's contents (called only on a directory holding run.json)."""
     for child in path.iterdir():
@@ -154,8 +185,11 @@ def run(args: argparse.Namespace) -> int:
 
     config, out, action = prepare_run_dir(args.config, args.out, args.resume, args.force)
     device = check_device(args.device)  # before anything is written
-    with open_executor(args.scheduler) as executor, lock_dir(out, "devtms train"):
+    advice = ResumeAdvice(args, out, action, continue_command("train", out, args, "--resume"))
+    with on_interrupt(advice), open_executor(args.scheduler) as executor, \
+            lock_dir(out, "devtms train"):
         run_dir = open_run_dir(out, config, action, args.scheduler)
+        advice.opened = True
         trained = train_run(run_dir, device=device, executor=executor)
     for note in run_dir.notes:  # repairs of damaged files
         print(f"note: {note}", file=sys.stderr)
