@@ -292,3 +292,25 @@ def test_forked_rows_behave_as_fresh_interpreters(outcomes, tiny_run, tmp_path):
 
 def _no_workspace(text: str) -> str:
     return re.sub(r"/\S*/case\d+", "WS", text)
+
+
+def test_names_from_files_never_place_a_file_outside_the_chosen_directory(tiny_run, tmp_path):
+    """A config's name, or a run.json's, that would climb out of runs/ (or be absolute): the
+    command refuses, and nothing appears anywhere under tmp_path, outside the workspace too."""
+    ws = tmp_path / "a" / "b" / "ws"
+    ws.mkdir(parents=True)
+    names = ["../../evil", "../../../evil", str(tmp_path / "absolute-evil"), "..", "x/../../evil"]
+    lines = []
+    for k, name in enumerate(names):
+        (ws / f"c{k}.toml").write_text(tiny_config(name=name).toml)
+        lines += [(["train", f"c{k}.toml"], ws), (["study", f"c{k}.toml"], ws)]
+    shutil.copytree(tiny_run, ws / "run")
+    meta = json.loads((ws / "run" / "run.json").read_text())
+    meta["config"]["name"] = "../../evil"
+    (ws / "run" / "run.json").write_text(json.dumps(meta))
+    lines += [(["train", "run", "--resume"], ws), (["study", "run"], ws)]
+    before = tree(tmp_path)
+    for (argv, _), result in zip(lines, run_many(lines), strict=True):
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, (argv, result.stderr)
+        assert "name = " in result.stderr and "not allowed" in result.stderr, result.stderr
+    assert tree(tmp_path) == before
