@@ -29,13 +29,14 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from devtms.activation_properties import expand_activation_names
 from devtms.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-# pandas and the activation registry (torch) are imported where they are used, so that
-# `devtms --help` and other commands that only read configs start without them.
+# pandas is imported where it is used, so that `devtms --help` and commands that only read
+# configs start without it (and without torch: activation names come from activation_properties).
 
 DataKind = Literal["sparse-uniform", "single-feature", "one-hot-binary"]
 
@@ -274,8 +275,6 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
         if not isinstance(body, dict):
             raise UserError(f"{key}: expected a table [{key}], got {body!r}")
         sections[key] = _build(cls, body, key)
-    from devtms.activations import expand_activation_names
-
     model = sections["model"]
     sections["model"] = dataclasses.replace(
         model, activations=tuple(expand_activation_names(list(model.activations)))
