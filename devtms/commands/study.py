@@ -31,6 +31,7 @@ examples:
   devtms study chen2023 --out runs/chen      # k-gon transitions of Chen et al. 2023, 16 seeds
   devtms study my_study.toml
   devtms study runs/quick                    # continue (or re-report) an existing run
+  devtms study longer.toml --out runs/quick  # extend it to more train.steps (devtms train --help)
   devtms study quick --scheduler dask        # train shards and LLC chunks on a LocalCluster
 
 The stages separately: devtms train, devtms llc, devtms analyze, devtms report. The LLC stage
