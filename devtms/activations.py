@@ -5,10 +5,9 @@ Every function maps preactivations to outputs with the features on the last axis
 variants (softmax, solu, log_softmax, softmin, solu_ln) normalise along it, so they act
 on each sample of each instance separately, never across the batch or across instances.
 
-Properties, as used in the comparison tables:
-- bounded_above / bounded_below: the output range has a finite upper / lower bound
-- smooth: continuously differentiable everywhere (C^1), so ReLU is not and ELU(alpha=1) is
-- monotone: each output is non-decreasing in its own input (softmin is decreasing: False)
+The names, groups and properties (bounded, smooth, monotone, over features, control) are in
+devtms/activation_properties.py, which needs no torch; this module adds each activation's
+function, vjp and slope, and re-exports the names and groups.
 
     >>> from devtms.activations import get_activation
     >>> get_activation("gelu").fn(torch.zeros(3))
@@ -16,6 +15,7 @@ Properties, as used in the comparison tables:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +23,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from devtms.errors import UserError
+from devtms.activation_properties import (  # noqa: F401 - re-exported
+    ALL,
+    CONTROLS,
+    GROUPS,
+    PROPERTIES,
+    VARIANTS,
+    check_name,
+    expand_activation_names,
+)
 
 Tensor = torch.Tensor
 
@@ -185,126 +193,75 @@ def _elu_slope(z: Tensor, out: Tensor) -> Tensor:
     return torch.where(z > 0, 1.0, torch.exp(z))
 
 
-def _entry(name, fn, definition, above, below, smooth, monotone, *, vjp, slope=None,
-           over=False, control=False):
-    return Activation(name, fn, definition, above, below, smooth, monotone, over, control, vjp,
-                      slope)
+def _entry(name, fn, *, vjp, slope=None):
+    return Activation(name, fn, **dataclasses.asdict(PROPERTIES[name]), vjp_fn=vjp, slope=slope)
 
 
-# One row per activation: name, function, definition, bounded above, bounded below, smooth,
-# monotone; its vjp (torch's backward kernel where there is one) and, for the elementwise ones,
-# its slope. The order is the numbering of docs/science.md; the controls come last.
+# One row per activation: name, function; its vjp (torch's backward kernel where there is one)
+# and, for the elementwise ones, its slope. The rows of activation_properties.PROPERTIES, in
+# their order (the numbering of docs/science.md; the controls last).
 _ACTIVATIONS: tuple[Activation, ...] = (
-    _entry("relu", F.relu, "max(0, x)", False, True, False, True,
-           vjp=lambda g, x, y: _aten.threshold_backward(g, y, 0),
+    _entry("relu", F.relu, vjp=lambda g, x, y: _aten.threshold_backward(g, y, 0),
            slope=lambda z, out: (z > 0).to(z.dtype)),
-    _entry("leaky_relu", F.leaky_relu, "x if x > 0 else 0.01 x", False, False, False, True,
-           vjp=lambda g, x, y: _aten.leaky_relu_backward(g, x, 0.01, False),
+    _entry("leaky_relu", F.leaky_relu, vjp=lambda g, x, y: _aten.leaky_relu_backward(g, x, 0.01, False),
            slope=lambda z, out: torch.where(z > 0, 1.0, torch.full_like(z, 0.01))),
-    _entry("selu", F.selu, "torch SELU", False, True, False, True,
+    _entry("selu", F.selu,
            vjp=lambda g, x, y: _aten.elu_backward(g, _SELU_ALPHA, _SELU_SCALE, 1.0, False, x),
            slope=lambda z, out: torch.where(z > 0, _SELU_SCALE,
                                             _SELU_SCALE * _SELU_ALPHA * torch.exp(z))),
-    _entry("celu", F.celu, "CELU, alpha 1", False, True, True, True,
-           vjp=_elu_vjp, slope=_elu_slope),
-    _entry("gelu", F.gelu, "exact (erf) GELU", False, True, True, False,
-           vjp=lambda g, x, y: _aten.gelu_backward(g, x), slope=_gelu_slope),
-    _entry("sigmoid", torch.sigmoid, "1 / (1 + e^-x)", True, True, True, True,
-           vjp=lambda g, x, y: _aten.sigmoid_backward(g, y),
+    _entry("celu", F.celu, vjp=_elu_vjp, slope=_elu_slope),
+    _entry("gelu", F.gelu, vjp=lambda g, x, y: _aten.gelu_backward(g, x), slope=_gelu_slope),
+    _entry("sigmoid", torch.sigmoid, vjp=lambda g, x, y: _aten.sigmoid_backward(g, y),
            slope=lambda z, out: out * (1.0 - out)),
-    _entry("hardsigmoid", F.hardsigmoid, "torch Hardsigmoid", True, True, False, True,
-           vjp=lambda g, x, y: _aten.hardsigmoid_backward(g, x),
+    _entry("hardsigmoid", F.hardsigmoid, vjp=lambda g, x, y: _aten.hardsigmoid_backward(g, x),
            slope=lambda z, out: _step(z, -3.0, 3.0) / 6.0),
-    _entry("silu", F.silu, "x sigmoid(x) (Swish)", False, True, True, False,
-           vjp=lambda g, x, y: _aten.silu_backward(g, x), slope=_silu_slope),
-    _entry("hardswish", F.hardswish, "torch Hardswish", False, True, False, False,
-           vjp=lambda g, x, y: _aten.hardswish_backward(g, x),
+    _entry("silu", F.silu, vjp=lambda g, x, y: _aten.silu_backward(g, x), slope=_silu_slope),
+    _entry("hardswish", F.hardswish, vjp=lambda g, x, y: _aten.hardswish_backward(g, x),
            slope=lambda z, out: torch.where(
                z <= -3.0, 0.0, torch.where(z < 3.0, z / 3.0 + 0.5, 1.0)).to(z.dtype)),
-    _entry("mish", F.mish, "x tanh(softplus(x))", False, True, True, False,
-           vjp=lambda g, x, y: _aten.mish_backward(g, x), slope=_mish_slope),
+    _entry("mish", F.mish, vjp=lambda g, x, y: _aten.mish_backward(g, x), slope=_mish_slope),
     # softplus' slope sigmoid(z) = 1 - e^-softplus(z): one expm1 of the output instead of an
     # exp of z and a division
-    _entry("softplus", F.softplus, "log(1 + e^x)", False, True, True, True,
-           vjp=lambda g, x, y: _aten.softplus_backward(g, x, 1.0, 20.0),
+    _entry("softplus", F.softplus, vjp=lambda g, x, y: _aten.softplus_backward(g, x, 1.0, 20.0),
            slope=lambda z, out: torch.where(z > 20.0, 1.0, -torch.expm1(-out))),
-    _entry("tanh", torch.tanh, "tanh(x)", True, True, True, True,
+    _entry("tanh", torch.tanh,
            vjp=lambda g, x, y: _aten.tanh_backward(g, y), slope=lambda z, out: 1.0 - out * out),
-    _entry("hardtanh", F.hardtanh, "clamp(x, -1, 1)", True, True, False, True,
-           vjp=lambda g, x, y: _aten.hardtanh_backward(g, x, -1.0, 1.0),
+    _entry("hardtanh", F.hardtanh, vjp=lambda g, x, y: _aten.hardtanh_backward(g, x, -1.0, 1.0),
            slope=lambda z, out: _step(z, -1.0, 1.0)),
-    _entry("elu", F.elu, "ELU, alpha 1", False, True, True, True,
-           vjp=_elu_vjp, slope=_elu_slope),
-    _entry("hardshrink", F.hardshrink, "x if |x| > 0.5 else 0", False, False, False, True,
-           vjp=lambda g, x, y: _aten.hardshrink_backward(g, x, 0.5),
+    _entry("elu", F.elu, vjp=_elu_vjp, slope=_elu_slope),
+    _entry("hardshrink", F.hardshrink, vjp=lambda g, x, y: _aten.hardshrink_backward(g, x, 0.5),
            slope=lambda z, out: _outside(z, 0.5)),
-    _entry("softmax", _softmax, "softmax over features", True, True, True, True,
-           vjp=lambda g, x, y: _softmax_vjp(g, y), over=True),
-    _entry("solu", _solu, "x * softmax(x) over features", False, True, True, False,
-           vjp=_solu_vjp, over=True),
-    _entry("log_softmax", _log_softmax, "log-softmax over features", True, False, True, True,
-           vjp=lambda g, x, y: g - y.exp() * g.sum(-1, keepdim=True), over=True),
+    _entry("softmax", _softmax, vjp=lambda g, x, y: _softmax_vjp(g, y)),
+    _entry("solu", _solu, vjp=_solu_vjp),
+    _entry("log_softmax", _log_softmax, vjp=lambda g, x, y: g - y.exp() * g.sum(-1, keepdim=True)),
     # logsigmoid's slope sigmoid(-z) = 1 - e^logsigmoid(z)
-    _entry("logsigmoid", F.logsigmoid, "log sigmoid(x)", True, False, True, True,
+    _entry("logsigmoid", F.logsigmoid,
            vjp=lambda g, x, y: g * torch.sigmoid(-x), slope=lambda z, out: -torch.expm1(out)),
-    _entry("exp", torch.exp, "e^x", False, True, True, True,
-           vjp=lambda g, x, y: g * y, slope=lambda z, out: out),
-    _entry("exp_linear", _exp_linear, "e^x if x < 0 else x + 1 (devtms's reading)",
-           False, True, True, True, vjp=_elu_vjp, slope=_elu_slope),
+    _entry("exp", torch.exp, vjp=lambda g, x, y: g * y, slope=lambda z, out: out),
+    _entry("exp_linear", _exp_linear, vjp=_elu_vjp, slope=_elu_slope),
     # tanhshrink's slope tanh(z)^2 = (z - out)^2, without a second tanh
-    _entry("tanhshrink", F.tanhshrink, "x - tanh(x)", False, False, True, True,
-           vjp=lambda g, x, y: g * torch.tanh(x).square(),
+    _entry("tanhshrink", F.tanhshrink, vjp=lambda g, x, y: g * torch.tanh(x).square(),
            slope=lambda z, out: (z - out).square()),
-    _entry("relu6", F.relu6, "min(max(0, x), 6)", True, True, False, True,
-           vjp=lambda g, x, y: _aten.hardtanh_backward(g, x, 0.0, 6.0),
+    _entry("relu6", F.relu6, vjp=lambda g, x, y: _aten.hardtanh_backward(g, x, 0.0, 6.0),
            slope=lambda z, out: _step(z, 0.0, 6.0)),
-    _entry("relu_squared", lambda x: F.relu(x).square(), "max(0, x)^2", False, True, True, True,
+    _entry("relu_squared", lambda x: F.relu(x).square(),
            vjp=lambda g, x, y: g * 2.0 * F.relu(x), slope=lambda z, out: 2.0 * F.relu(z)),
-    _entry("softshrink", F.softshrink, "torch Softshrink, lambda 0.5", False, False, False, True,
-           vjp=lambda g, x, y: _aten.softshrink_backward(g, x, 0.5),
+    _entry("softshrink", F.softshrink, vjp=lambda g, x, y: _aten.softshrink_backward(g, x, 0.5),
            slope=lambda z, out: _outside(z, 0.5)),
-    _entry("softsign", F.softsign, "x / (1 + |x|)", True, True, True, True,
-           vjp=lambda g, x, y: g / (1.0 + x.abs()).square(),
+    _entry("softsign", F.softsign, vjp=lambda g, x, y: g / (1.0 + x.abs()).square(),
            slope=lambda z, out: (1.0 + z.abs()).reciprocal().square()),
-    _entry("softmin", lambda x: _softmax(-x), "softmin over features", True, True, True, False,
-           vjp=lambda g, x, y: -_softmax_vjp(g, y), over=True),
-    _entry("linear", lambda x: x, "identity (control)", False, False, True, True,
-           vjp=lambda g, x, y: g, slope=lambda z, out: torch.ones_like(z), control=True),
-    _entry("solu_ln", _solu_ln, "LayerNorm(x * softmax(x)) over features (control)",
-           True, True, True, False, vjp=_solu_ln_vjp, over=True, control=True),
+    _entry("softmin", lambda x: _softmax(-x), vjp=lambda g, x, y: -_softmax_vjp(g, y)),
+    _entry("linear", lambda x: x, vjp=lambda g, x, y: g, slope=lambda z, out: torch.ones_like(z)),
+    _entry("solu_ln", _solu_ln, vjp=_solu_ln_vjp),
 )
 
 REGISTRY: dict[str, Activation] = {a.name: a for a in _ACTIVATIONS}
-VARIANTS: tuple[str, ...] = tuple(a.name for a in _ACTIVATIONS if not a.control)  # the 27
-CONTROLS: tuple[str, ...] = tuple(a.name for a in _ACTIVATIONS if a.control)
-ALL: tuple[str, ...] = VARIANTS + CONTROLS
-
-# Group names a config may use in place of a list of activations.
-GROUPS: dict[str, tuple[str, ...]] = {"variants": VARIANTS, "controls": CONTROLS, "all": ALL}
-
-assert len(VARIANTS) == 27, VARIANTS
+assert list(REGISTRY) == list(PROPERTIES), "activations.py and activation_properties.py differ"
 
 
 def get_activation(name: str) -> Activation:
     """The registry entry for `name`; an unknown name is a user error listing the valid ones."""
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise UserError(
-            f"unknown activation {name!r}; valid: {', '.join(ALL)} "
-            f"(or a group: {', '.join(GROUPS)})"
-        ) from None
-
-
-def expand_activation_names(names: list[str]) -> list[str]:
-    """Expand group names ("all", "variants", "controls") in order, dropping repeats."""
-    expanded: list[str] = []
-    for name in names:
-        for member in GROUPS.get(name, (name,)):
-            get_activation(member)
-            if member not in expanded:
-                expanded.append(member)
-    return expanded
+    return REGISTRY[check_name(name)]
 
 
 def contiguous_groups(names: list[str]) -> list[tuple[Activation, int, int]]:

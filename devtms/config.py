@@ -27,12 +27,16 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
-
-from devtms.activations import expand_activation_names
+from devtms.activation_properties import expand_activation_names
 from devtms.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is imported where it is used, so that `devtms --help` and commands that only read
+# configs start without it (and without torch: activation names come from activation_properties).
 
 DataKind = Literal["sparse-uniform", "single-feature", "one-hot-binary"]
 
@@ -163,7 +167,7 @@ class LLCConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    name: str = "run"
+    name: str = "run"  # the default run directory is runs/<name>: one plain path component
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -171,7 +175,8 @@ class RunConfig:
     llc: LLCConfig = field(default_factory=LLCConfig)
 
     def check(self) -> None:
-        _require(bool(self.name.strip()), "name", self.name, "a non-empty string")
+        _require(is_plain_name(self.name), "name", self.name,
+                 "a plain name (it names the run directory): not empty, no / or \\, not . or ..")
         for section in (self.model, self.data, self.train, self.checkpoints, self.llc):
             section.check()
         if self.train.init == "kgon":
@@ -204,18 +209,31 @@ SECTIONS = {
 }
 
 
+# What a config file must say: the model, the data it learns, and how (and how long) it trains.
+# [checkpoints] and [llc] have defaults worth taking; an empty file would train one instance on
+# silent defaults, so it is an error that names these.
+REQUIRED_SECTIONS = ("model", "data", "train")
+
+
 def preset_names() -> list[str]:
     return sorted(p.name.removesuffix(".toml") for p in resources.files("devtms.presets").iterdir()
                   if p.name.endswith(".toml"))
 
 
 def load_config(config_or_preset: str | Path) -> RunConfig:
-    """Load a TOML file, or a packaged preset by name, and validate it."""
+    """Load a TOML file, or a packaged preset by name, and validate it. The file must have the
+    sections REQUIRED_SECTIONS (config_from_dict, for dicts built in code, fills any in)."""
     path = Path(config_or_preset)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not a config: TOML is UTF-8 text, and this file is not "
+                            "(a binary file?)") from None
+        except OSError as e:
+            raise UserError(f"{path}: cannot read the config ({e.strerror})") from None
         source = str(path)
     else:
         name = str(config_or_preset)
@@ -229,7 +247,14 @@ def load_config(config_or_preset: str | Path) -> RunConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{source}: not valid TOML: {e}") from None
-    return config_from_dict(raw)
+    config = config_from_dict(raw)
+    missing = [f"[{name}]" for name in REQUIRED_SECTIONS if name not in raw]
+    if missing:
+        raise UserError(f"{source}: no {' or '.join(missing)} section; a config needs [model] "
+                        "(sizes, activations), [data] (kind, sparsity, ...) and [train] (steps, "
+                        "optimizer, lr, seeds, ...); [checkpoints] and [llc] are optional. Start "
+                        "from a preset: devtms/presets/*.toml")
+    return config
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
@@ -265,6 +290,8 @@ def instance_table(config: RunConfig) -> pd.DataFrame:
     Activation is the outermost axis, so instances sharing an activation are contiguous
     (batched code applies each activation once, to a slice).
     """
+    import pandas as pd
+
     m, d = config.model, config.data
     rows = [
         dict(
@@ -289,6 +316,13 @@ def instance_table(config: RunConfig) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------
 # Parsing: a dict checked against a dataclass's type hints, naming the field on every error.
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether `name` is one path component that stays where it is put: not empty, no path
+    separator, not "." or "..", no NUL. (Without a separator it cannot be absolute.)"""
+    return (bool(name.strip()) and name not in (".", "..")
+            and not any(c in name for c in ("/", "\\", "\0")))
 
 
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:

@@ -11,3 +11,8 @@ class UserError(Exception):
 
 class RunDirError(UserError):
     """A run directory that is missing, foreign, incompatible, locked or damaged."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a command's work. The message says what was kept and names the command
+    that continues it; the CLI prints it as one line and exits with status 130."""

@@ -40,7 +40,7 @@ from safetensors.torch import save as st_save
 
 from devtms import __version__
 from devtms.config import RunConfig, config_from_dict
-from devtms.errors import RunDirError
+from devtms.errors import RunDirError, UserError
 
 FORMAT = "devtms-run"
 FORMAT_VERSION = 1
@@ -99,6 +99,27 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def check_writable(directory: Path, what: str) -> None:
+    """Raise UserError unless files can be created in `directory` (or, where it does not exist
+    yet, in the nearest directory above it, where it would be created). `what` names it in the
+    message (e.g. "--out runs/x").
+
+    The probe is an unnamed temporary file, deleted at once: nothing appears on disk. It asks
+    the file system itself, which permission bits cannot answer (root on a read-only mount,
+    /sys, a full quota).
+    """
+    directory = Path(directory)
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{what}: {existing} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserError(f"{what}: cannot write in {existing} ({e.strerror}); choose a "
+                        "directory you can write to") from None
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -395,8 +416,12 @@ def is_unfinished_creation(path: Path) -> bool:
 @contextlib.contextmanager
 def lock_dir(path: Path, command: str) -> Iterator[None]:
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a read-only run directory, or one that cannot be made
+        raise RunDirError(f"cannot write to {path} ({e.strerror}): {command} needs to write "
+                          "there") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

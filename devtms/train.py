@@ -11,13 +11,20 @@ same code trains a whole run in-process or a shard of instances on a Dask worker
 Resume is exact: data and minibatches are pure functions of (seed, step) (devtms.data), the
 learning rate is a pure function of the step, and the optimizer state is saved in every
 checkpoint, so a resumed run reaches bit-identical weights on the same machine.
+
+Extending is resuming towards a larger train.steps (`extension_problem` says when a config may
+extend a run, `extend_run` records it): with a constant learning rate the longer run passes
+through every checkpoint of the shorter one, so the extended run's weights are those of the
+longer run trained in one go, bit for bit. The steps already trained keep their checkpoints;
+the longer schedule's checkpoints follow beyond them (`run_schedule`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,7 +92,8 @@ def log_every(config: RunConfig) -> int:
 class BatchTrainer:
     """Trains a set of instances (rows of instances.csv) together."""
 
-    def __init__(self, config: RunConfig, instances: pd.DataFrame, device: str = "cpu"):
+    def __init__(self, config: RunConfig, instances: pd.DataFrame, device: str = "cpu",
+                 schedule: list[int] | None = None):
         self.config, self.device = config, torch.device(device)
         self.instance_ids = instances["instance"].to_numpy()
         self.groups = contiguous_groups(list(instances["activation"]))
@@ -110,8 +118,9 @@ class BatchTrainer:
                               functools.partial(tms.loss_and_grad, groups=self.groups,
                                                 reduction=m.reduction))
         self.step = 0
-        self.schedule = checkpoint_steps(t.steps, config.checkpoints.log_points,
-                                         config.checkpoints.linear_every)
+        # the checkpoint steps (default: the config's; an extended run's: `run_schedule`)
+        self.schedule = schedule or checkpoint_steps(t.steps, config.checkpoints.log_points,
+                                                     config.checkpoints.linear_every)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         t = self.config.train
@@ -198,6 +207,90 @@ class BatchTrainer:
 
 
 # ---------------------------------------------------------------------------------------------
+# Extending a run: more steps of the same training
+
+
+def run_schedule(config: RunConfig, earlier_steps: Sequence[int] = ()) -> list[int]:
+    """The checkpoint steps of a run. One trained to a single length: its config's schedule.
+    One extended from earlier lengths (run.json: stages.train.earlier_steps): the schedule of
+    its first length, then for each later one, that length's schedule beyond the previous
+    length (the steps already trained keep the checkpoints they have).
+
+        >>> run_schedule(tiny_300_steps, earlier_steps=[150])   # [0, 1, ..., 150, 200, 300]
+    """
+    c = config.checkpoints
+    steps, previous = set(), -1
+    for length in [*earlier_steps, config.train.steps]:
+        steps |= {s for s in checkpoint_steps(length, c.log_points, c.linear_every)
+                  if s > previous}
+        previous = length
+    return sorted(steps)
+
+
+def _with_train(config: RunConfig, **fields) -> RunConfig:
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **fields))
+
+
+def extension_problem(old: RunConfig, new: RunConfig) -> str | None:
+    """Why a run trained with config `old` cannot go on with `new`; None when `new` differs
+    only in more train.steps (and the checkpoints that follow from them) and extending changes
+    nothing already trained. The text names the field and the way out."""
+    n, m = old.train.steps, new.train.steps
+    # log_every and compile may be spelled out where the old config left them to the length
+    same = _with_train(new, steps=n, log_every=old.train.log_every, compile=old.train.compile)
+    if same != old or m == n:
+        differs = config_difference(old, _with_train(new, steps=n) if m != n else new)
+        return (f"holds a run with a different config ({differs}); use "
+                "another --out, or --force to replace it")
+    if m < n:
+        return (f"holds a run of {n} steps; train.steps = {m} would shorten it, and a run is "
+                "never shortened: use another --out, or --force to replace it")
+    if old.train.lr_schedule != "constant":
+        return (f"cannot be extended: train.lr_schedule = {old.train.lr_schedule!r} decays to 0 "
+                f"over train.steps, so {m} steps would change the learning rate of the {n} "
+                "already trained: only a constant schedule extends; train a new run (another "
+                "--out)")
+    if log_every(old) != log_every(new):
+        return (f"cannot be extended: train.log_every = 0 logs the loss every steps / 200 steps: every "
+                f"{log_every(old)} for this run's {n} steps, every {log_every(new)} for {m}; "
+                f"set train.log_every = {log_every(old)} in the config to extend the run")
+    if use_compile(old) != use_compile(new):
+        return (f"cannot be extended: train.compile = 'auto' decides by length: {n} steps train "
+                f"{'compiled' if use_compile(old) else 'eagerly'}, {m} would not (other kernels, "
+                f"other last bits); set train.compile = "
+                f"{'on' if use_compile(old) else 'off'!r} in the config to extend the run")
+    return None
+
+
+def config_difference(old: RunConfig, new: RunConfig) -> str:
+    """The first field that differs, as "section.field: old -> new"."""
+    a, b = old.to_dict(), new.to_dict()
+    for key in a:
+        if a[key] == b[key]:
+            continue
+        if not isinstance(a[key], dict):
+            return f"{key}: {a[key]!r} -> {b[key]!r}"
+        field = next(f for f in a[key] if a[key][f] != b[key][f])
+        return f"{key}.{field}: {a[key][field]!r} -> {b[key][field]!r}"
+    return "none"
+
+
+def extend_run(run: RunDir, config: RunConfig) -> None:
+    """Record in run.json, in one atomic write, that `run` now trains to config.train.steps
+    (`extension_problem(run.config, config)` must be None; the caller holds the lock): the new
+    config, the earlier length, and the later stages no longer done (new checkpoints)."""
+    earlier = [*run.stage("train").get("earlier_steps", []), run.config.train.steps]
+    run.meta["config"] = config.to_dict()
+    run.meta["stages"]["train"] = {**run.stage("train"), "done": False,
+                                   "earlier_steps": earlier}
+    for stage in ("llc", "analyze"):
+        if stage in run.meta["stages"]:
+            run.meta["stages"][stage]["done"] = False
+    run.save_meta()
+    run.config = config
+
+
+# ---------------------------------------------------------------------------------------------
 # The local driver
 
 
@@ -260,11 +353,12 @@ class ShardTask:
     stop: int  # train up to this scheduled step
     state: dict[str, Tensor] | None  # the shard's checkpoint tensors at `start`
     device: str = "cpu"
+    schedule: list[int] | None = None  # the run's checkpoint steps (run_schedule)
 
 
 def train_shard(task: ShardTask) -> tuple[int, list[Checkpoint]]:
     """Train one shard from task.start to task.stop. -> (shard, its new checkpoints)"""
-    trainer = BatchTrainer(task.config, task.instances, task.device)
+    trainer = BatchTrainer(task.config, task.instances, task.device, task.schedule)
     if task.state is not None:
         trainer.load_state(task.state, task.start)
     return task.shard, [c for c in trainer.run(stop=task.stop) if c.step > task.start]
@@ -310,8 +404,7 @@ def train_run(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
 
 def _train(run: RunDir, device: str, executor: Executor | None, threads: int) -> int:
     config, instances = run.config, run.instances
-    schedule = checkpoint_steps(config.train.steps, config.checkpoints.log_points,
-                                config.checkpoints.linear_every)
+    schedule = run_schedule(config, run.stage("train").get("earlier_steps", []))
     log = None
     if run.checkpoint_steps():
         run.cut_torn_line(TRAIN_LOG)
@@ -332,7 +425,8 @@ def _train(run: RunDir, device: str, executor: Executor | None, threads: int) ->
     def task(shard: int, stop: int) -> ShardTask:
         lo, hi = bounds[shard]
         state = None if tensors is None else split_state(tensors, lo, hi)
-        return ShardTask(shard, config, instances.iloc[lo:hi], step, stop, state, device)
+        return ShardTask(shard, config, instances.iloc[lo:hi], step, stop, state, device,
+                         schedule)
 
     run.set_stage("train", done=False)
     # compiled: the first step waits for torch.compile (~30 s cold, seconds once cached)
@@ -366,7 +460,7 @@ def _train(run: RunDir, device: str, executor: Executor | None, threads: int) ->
 
 
 def _live_shard(task: ShardTask, bar) -> Iterator[Checkpoint]:
-    trainer = BatchTrainer(task.config, task.instances, task.device)
+    trainer = BatchTrainer(task.config, task.instances, task.device, task.schedule)
     if task.state is not None:
         trainer.load_state(task.state, task.start)
     return (c for c in trainer.run(progress=bar) if c.step > task.start)

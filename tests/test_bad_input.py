@@ -38,7 +38,7 @@ class Case:
     id: str
     argv: list[str]  # {run} {partial} {notrun} {missing} {file} {ws}: paths in the workspace
     message: str  # a substring of the one stderr line
-    files: dict[str, str] = field(default_factory=dict)  # extra files to create, name -> text
+    files: dict[str, str | bytes] = field(default_factory=dict)  # extra files: name -> content
 
 
 CASES = [
@@ -78,6 +78,20 @@ CASES = [
          config_file(train={"optimizer": "adam"})),
     Case("kgon init needs m = 2", ["train", CFG], "train.init = 'kgon'",
          config_file(model={"n_hidden": 3}, train={"seeds": [0], "init": "kgon"})),
+    Case("binary file as the config", ["train", "some.bin"], "TOML is UTF-8 text",
+         {"some.bin": bytes(range(256)) * 4}),
+    Case("empty config", ["train", CFG], "no [model] or [data] or [train] section; a config "
+         "needs [model]", {CFG: ""}),
+    Case("config without [train]", ["train", CFG], "no [train] section", config_file(train=None)),
+    # -- names from a config stay inside the output root (runs/) ---------------------------
+    Case("run name climbs out of runs/", ["train", CFG], "name = '../../evil' is not allowed",
+         config_file(name="../../evil")),
+    Case("run name is absolute", ["train", CFG], "name = '/tmp/evil' is not allowed",
+         config_file(name="/tmp/evil")),
+    Case("run name is ..", ["train", CFG], "name = '..' is not allowed", config_file(name="..")),
+    Case("run name is empty", ["train", CFG], "name = '' is not allowed", config_file(name="")),
+    Case("study run name climbs out", ["study", CFG], "name = '../evil' is not allowed",
+         config_file(name="../evil")),
     # -- train: command line ------------------------------------------------------------------
     Case("train --resume --force", ["train", CFG, "--resume", "--force"], "contradict",
          config_file()),
@@ -94,6 +108,19 @@ CASES = [
          "CUDA is not available", config_file()),
     Case("train unknown flag", ["train", CFG, "--epochs", "3"], "unrecognized arguments",
          config_file()),
+    Case("train --out unwritable", ["train", CFG, "--out", "/sys/devtms-x"],
+         "--out /sys/devtms-x: cannot write in /sys", config_file()),
+    # -- extending a run (more train.steps) -----------------------------------------------------
+    Case("extend without --resume", ["train", CFG, "--out", "{run}"],
+         "trained to 300 steps; pass --resume to extend it to 399",
+         config_file(train={"steps": 399})),
+    Case("extend and change the lr", ["train", CFG, "--out", "{run}", "--resume"],
+         "different config (train.lr: 0.1 -> 0.05)", config_file(train={"steps": 399, "lr": 0.05})),
+    Case("shorten a run", ["train", CFG, "--out", "{run}", "--resume"],
+         "train.steps = 200 would shorten it", config_file(train={"steps": 200})),
+    Case("extend where the default log interval changes",
+         ["train", CFG, "--out", "{run}", "--resume"], "set train.log_every = 1",
+         config_file(train={"steps": 600})),
     # -- llc ------------------------------------------------------------------------------------
     Case("llc on a directory that is not a run", ["llc", "{notrun}"], "not a devtms run"),
     Case("llc on a missing directory", ["llc", "{missing}"], "is not a directory"),
@@ -154,6 +181,8 @@ CASES = [
     Case("report --out under a file", ["report", "{run}", "--out", "{file}/r.html"],
          "is not a directory"),
     Case("report two runs without --out", ["report", "{run}", "{partial}"], "pass --out"),
+    Case("report --out unwritable", ["report", "{run}", "--out", "/sys/devtms-x.html"],
+         "--out /sys/devtms-x.html: cannot write in /sys"),
     Case("report the same run twice", ["report", "{run}", "{run}", "--out", "{ws}/c.html"],
          "given twice"),
     # -- study ----------------------------------------------------------------------------------
@@ -164,6 +193,8 @@ CASES = [
          config_file()),
     Case("study --device cuda without CUDA", ["study", CFG, "--device", "cuda"],
          "CUDA is not available", config_file()),
+    Case("study --out unwritable", ["study", CFG, "--out", "/sys/devtms-x"],
+         "cannot write in /sys", config_file()),
     Case("study into a foreign directory", ["study", CFG, "--out", "{notrun}"],
          "not a devtms run; refusing", config_file()),
     Case("study onto a run with another config", ["study", CFG, "--out", "{run}"],
@@ -192,7 +223,10 @@ def make_workspace(case: Case, ws: Path, trained: Path) -> dict[str, str]:
         (ws / "notrun" / "notes.txt").write_text("not a run\n")
     (ws / "file.txt").write_text("a plain file\n")
     for name, body in case.files.items():
-        (ws / name).write_text(body)
+        if isinstance(body, bytes):
+            (ws / name).write_bytes(body)
+        else:
+            (ws / name).write_text(body)
     return names
 
 
@@ -258,3 +292,25 @@ def test_forked_rows_behave_as_fresh_interpreters(outcomes, tiny_run, tmp_path):
 
 def _no_workspace(text: str) -> str:
     return re.sub(r"/\S*/case\d+", "WS", text)
+
+
+def test_names_from_files_never_place_a_file_outside_the_chosen_directory(tiny_run, tmp_path):
+    """A config's name, or a run.json's, that would climb out of runs/ (or be absolute): the
+    command refuses, and nothing appears anywhere under tmp_path, outside the workspace too."""
+    ws = tmp_path / "a" / "b" / "ws"
+    ws.mkdir(parents=True)
+    names = ["../../evil", "../../../evil", str(tmp_path / "absolute-evil"), "..", "x/../../evil"]
+    lines = []
+    for k, name in enumerate(names):
+        (ws / f"c{k}.toml").write_text(tiny_config(name=name).toml)
+        lines += [(["train", f"c{k}.toml"], ws), (["study", f"c{k}.toml"], ws)]
+    shutil.copytree(tiny_run, ws / "run")
+    meta = json.loads((ws / "run" / "run.json").read_text())
+    meta["config"]["name"] = "../../evil"
+    (ws / "run" / "run.json").write_text(json.dumps(meta))
+    lines += [(["train", "run", "--resume"], ws), (["study", "run"], ws)]
+    before = tree(tmp_path)
+    for (argv, _), result in zip(lines, run_many(lines), strict=True):
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, (argv, result.stderr)
+        assert "name = " in result.stderr and "not allowed" in result.stderr, result.stderr
+    assert tree(tmp_path) == before

@@ -1,6 +1,19 @@
-"""One module per `devtms` subcommand, each with `register(subparsers)`. See devtms/cli.py."""
+"""One module per `devtms` subcommand, each with `register(subparsers)`. See devtms/cli.py.
+
+Each handler wraps the part that writes in `on_interrupt`, so that Ctrl-C ends it with one line
+naming the command that continues the work:
+
+    with on_interrupt(lambda: f"llc.csv keeps every finished chunk: `{args.given}` computes the rest"):
+        ...
+"""
 
 import argparse
+import contextlib
+import shlex
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from devtms.errors import Interrupted
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
@@ -38,3 +51,26 @@ def open_executor(scheduler: str):
     if not isinstance(executor, LocalExecutor):
         print(f"executor: {executor.label}", file=sys.stderr)
     return executor
+
+
+@contextlib.contextmanager
+def on_interrupt(advice: Callable[[], str]) -> Iterator[None]:
+    """Ctrl-C inside the block ends the command with `advice()`: what was kept and the command
+    that continues, decided when it happens (from what is on disk then)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(advice()) from None
+
+
+def continue_command(command: str, out: Path, args: argparse.Namespace, *flags: str) -> str:
+    """`devtms COMMAND OUT FLAGS`, plus --device, --scheduler and --threads where they are not
+    the defaults: the command line that goes on with the run in OUT."""
+    words = ["devtms", command, str(out), *flags]
+    if args.device != "cpu":
+        words += ["--device", args.device]
+    if args.scheduler != "local":
+        words += ["--scheduler", args.scheduler]
+    if getattr(args, "threads", None) is not None:
+        words += ["--threads", str(args.threads)]
+    return shlex.join(words)

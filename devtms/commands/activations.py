@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from devtms.activations import REGISTRY
+    from devtms.activation_properties import PROPERTIES  # not devtms.activations: no torch
 
     def yes(flag: bool) -> str:
         return "yes" if flag else "-"
@@ -26,9 +26,9 @@ def run(args: argparse.Namespace) -> int:
           "input),\nfeatures: normalises over the feature axis (else elementwise)\n")
     print(header)
     print("-" * (len(header) + 24))
-    for i, act in enumerate(REGISTRY.values(), start=1):
+    for i, (name, act) in enumerate(PROPERTIES.items(), start=1):
         number = "" if act.control else str(i)
-        print(f"{number:>2}  {act.name:<13}{yes(act.bounded_above):<7}{yes(act.bounded_below):<7}"
+        print(f"{number:>2}  {name:<13}{yes(act.bounded_above):<7}{yes(act.bounded_below):<7}"
               f"{yes(act.smooth):<8}{yes(act.monotone):<10}{yes(act.over_features):<10}"
               f"{act.definition}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+from devtms.commands import on_interrupt
 from devtms.errors import UserError
 
 EPILOG = """\
@@ -70,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if not run_dir.stage_done("train"):
         raise UserError(f"{args.run_dir}: training is not complete; finish it with `devtms train "
                         f"CONFIG --out {args.run_dir} --resume` before analysing")
-    with run_dir.lock("devtms analyze"):
+    advice = f"the tables written are kept; finish with `{args.given}`"
+    with on_interrupt(lambda: advice), run_dir.lock("devtms analyze"):
         result = analyze_run(run_dir, llc_setting=args.setting)
     print_report(run_dir, result, args.show)
     return 0

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from devtms.commands import add_device, add_threads
+from devtms.commands import add_device, add_threads, on_interrupt
 from devtms.commands.llc import add_hyperparameters, overrides
 from devtms.errors import UserError
 
@@ -98,11 +98,16 @@ def _calibrate(run_dir, args: argparse.Namespace) -> int:
         run_dir, step=args.step, instances=args.instances, eps_grid=args.eps_grid,
         gamma_grid=args.gamma_grid, n_beta_grid=args.n_beta_grid, overrides=overrides(args),
         device=args.device, compile_setting=args.compile)
-    with run_dir.lock("devtms calibrate"):
+    with on_interrupt(lambda: start_over(args)), run_dir.lock("devtms calibrate"):
         table_path, figure_path = calibrate.run_calibration(run_dir, job)
     print(f"calibration at step {job.step}: {len(job.cells)} cells x {len(job.instances)} "
           f"instance(s) -> {table_path} and {figure_path}")
     return 0
+
+
+def start_over(args: argparse.Namespace) -> str:
+    """What Ctrl-C says: a calibration writes its results only at the end."""
+    return f"a calibration keeps nothing partial; start it again with `{args.given}`"
 
 
 def run_auto(run_dir, args: argparse.Namespace) -> int:
@@ -123,7 +128,7 @@ def run_auto(run_dir, args: argparse.Namespace) -> int:
         device=args.device, compile_setting=args.compile)
     print(f"calibrating at step {job.step} on {len(job.instances)} instance(s), "
           f"{len(job.candidates)} candidate(s), cheapest first:")
-    with run_dir.lock("devtms calibrate --auto"):
+    with on_interrupt(lambda: start_over(args)), run_dir.lock("devtms calibrate --auto"):
         result = calibrate.run_auto(run_dir, job)
     if result.chosen is None:
         worst = f"; unhealthy there: {', '.join(result.failing)}" if result.failing else ""

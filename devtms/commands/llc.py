@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from devtms.commands import add_device, add_scheduler, add_threads, open_executor
+from devtms.commands import add_device, add_scheduler, add_threads, on_interrupt, open_executor
 
 DESCRIPTION = """\
 Estimate the local learning coefficient (LLC) of every instance at every checkpoint.
@@ -116,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
         run_dir, instances=args.instances, steps=args.steps, engine=args.engine,
         overrides=overrides(args), device=args.device, chunk_size=args.chunk_size,
         compile_setting=args.compile)
-    with open_executor(args.scheduler) as executor, run_dir.lock("devtms llc"):
+    advice = f"llc.csv keeps every finished chunk; compute the rest with `{args.given}`"
+    with on_interrupt(lambda: advice), open_executor(args.scheduler) as executor, \
+            run_dir.lock("devtms llc"):
         if args.activate:  # first, so that the stage's record counts this setting
             llc.activate(run_dir, llc.Setting(request.params, request.engine,
                                               "devtms llc --activate"))

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from devtms.commands import on_interrupt
 from devtms.commands.analyze import add_setting
 from devtms.errors import UserError
 
@@ -79,19 +80,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from devtms.report import check_out, default_out, load_run, write_report
-    from devtms.store import lock_dir
+    from devtms.store import check_writable, lock_dir
 
     out = args.out if args.out is not None else default_out(args.run_dirs)
     check_out(out)
+    check_writable(out.parent, f"--out {out}")
     if len({p.resolve() for p in args.run_dirs}) != len(args.run_dirs):
         raise UserError("the same RUN_DIR is given twice")
     runs = [load_run(p, args.setting) for p in args.run_dirs]  # validates all before writing
     owner = _owning_run(out, [r.run for r in runs])
-    if owner is None:
-        result = write_report(runs, out)
-    else:  # writing inside a run directory: hold its lock, as every writer does
-        with lock_dir(owner.path, "devtms report"):
+    advice = (f"the HTML is written last, so {out} is still the earlier report (or none); "
+              f"write it with `{args.given}`")
+    with on_interrupt(lambda: advice):
+        if owner is None:
             result = write_report(runs, out)
+        else:  # writing inside a run directory: hold its lock, as every writer does
+            with lock_dir(owner.path, "devtms report"):
+                result = write_report(runs, out)
     print(f"report -> {result.html} ({len(result.figures) // 2} figures as PNG + PDF in "
           f"{result.figures[0].parent if result.figures else '-'}, {result.drawn} drawn, the "
           f"others unchanged; {result.seconds:.1f} s)")

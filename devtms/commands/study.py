@@ -7,7 +7,14 @@ import sys
 import time
 from pathlib import Path
 
-from devtms.commands import add_device, add_scheduler, add_threads, open_executor
+from devtms.commands import (
+    add_device,
+    add_scheduler,
+    add_threads,
+    continue_command,
+    on_interrupt,
+    open_executor,
+)
 from devtms.commands.analyze import add_setting
 
 DESCRIPTION = """\
@@ -25,6 +32,7 @@ examples:
   devtms study chen2023 --out runs/chen      # k-gon transitions of Chen et al. 2023, 16 seeds
   devtms study my_study.toml
   devtms study runs/quick                    # continue (or re-report) an existing run
+  devtms study longer.toml --out runs/quick  # extend it to more train.steps (devtms train --help)
   devtms study quick --scheduler dask        # train shards and LLC chunks on a LocalCluster
 
 The stages separately: devtms train, devtms llc, devtms analyze, devtms report. The LLC stage
@@ -52,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from devtms.commands.train import open_run_dir, prepare_run_dir
+    from devtms.commands.train import ResumeAdvice, open_run_dir, prepare_run_dir
     from devtms.options import check_device
     from devtms.store import lock_dir
     from devtms.study import run_study
@@ -63,8 +71,12 @@ def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     threads = check_threads(args.threads)
     start = time.perf_counter()
-    with open_executor(args.scheduler) as executor, lock_dir(out, "devtms study"):
+    setting = ["--setting", args.setting] if args.setting else []
+    advice = ResumeAdvice(args, out, action, continue_command("study", out, args, *setting))
+    with on_interrupt(advice), open_executor(args.scheduler) as executor, \
+            lock_dir(out, "devtms study"):
         run_dir = open_run_dir(out, config, action, args.scheduler)
+        advice.opened = True
         print(f"study {config.name}: {len(run_dir.instances)} instances -> {out}")
         result = run_study(run_dir, device=device, executor=executor, llc_setting=args.setting,
                            threads=threads)
