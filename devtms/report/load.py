@@ -8,6 +8,9 @@ Where each table comes from:
   geometry is computed from the checkpoints by analyze's own function (update_geometry), not
   written; without transitions.csv no transitions are marked and the summary is provisional.
 
+llc.csv, geometry.csv and transitions.csv carry the instance's conditions; RunData holds them
+without (devtms.store.without_conditions) and joins `instances` where a table needs them.
+
 A *condition* is everything an instance is but its seed (activation, and sparsity, importance
 ratio, ... where the run sweeps them): per-condition figures overlay the seeds.
 """
@@ -28,7 +31,14 @@ from devtms.llc.table import empty_table, read_llc_table
 from devtms.report.figures.layout import Panel
 from devtms.report.figures.style import activation_order, style
 from devtms.report.format import fmt
-from devtms.store import GEOMETRY_CSV, SUMMARY_CSV, TRAIN_LOG, TRANSITIONS_CSV, RunDir
+from devtms.store import (
+    GEOMETRY_CSV,
+    SUMMARY_CSV,
+    TRAIN_LOG,
+    TRANSITIONS_CSV,
+    RunDir,
+    without_conditions,
+)
 
 CONDITION_FIELDS = ("activation", "n_features", "n_hidden", "data", "sparsity",
                     "importance_ratio", "n_samples")
@@ -84,7 +94,8 @@ def load_run(path: Path, setting_id: str | None = None) -> RunData:
     if not run.stage_done("train"):
         notes.append(f"training is incomplete (last checkpoint at step {steps[-1]}): the report "
                      f"shows what exists; resume with `devtms train CONFIG --out {path} --resume`")
-    llc_all = display_llc(read_llc_table(run, check_settings=False))
+    own = run.instances  # instances.csv: the condition columns the tables below leave out
+    llc_all = display_llc(without_conditions(read_llc_table(run, check_settings=False), own))
     setting, llc = plotted_llc(llc_all, run, setting_id)
     if llc_all is None:
         notes.append(f"no LLC estimates yet: run `devtms llc {path}`")
@@ -96,7 +107,10 @@ def load_run(path: Path, setting_id: str | None = None) -> RunData:
     source = "analyze"
     if geometry is None:  # analyze has not run: its geometry, computed here, not written
         geometry, source = update_geometry(run, None, geo.DEFAULT), "report"
+    geometry = without_conditions(geometry, own)
     transitions = run.read_table(TRANSITIONS_CSV)
+    if transitions is not None:
+        transitions = without_conditions(transitions, own)
     summary = run.read_table(SUMMARY_CSV)
     if transitions is None or summary is None:
         notes.append(f"no transition analysis yet (transitions.csv, summary.csv): run "

@@ -42,8 +42,7 @@ def llc_curves(data: RunData) -> pd.DataFrame | None:
     if data.llc is None:
         return None
     cols = data.instances[["instance", "condition", "seed"]]
-    return data.llc.drop(columns=["seed"], errors="ignore").merge(cols, on="instance").sort_values(
-        ["instance", "step"])
+    return data.llc.merge(cols, on="instance").sort_values(["instance", "step"])
 
 
 def trajectories(data: RunData) -> pd.DataFrame | None:
@@ -123,10 +122,12 @@ def summary_table(data: RunData) -> tuple[pd.DataFrame, str]:
     s = data.summary
     rank = {a: i for i, a in enumerate(activation_order(s["activation"].astype(str)))}
     s = s.iloc[np.argsort([rank[str(a)] for a in s["activation"]], kind="stable")]
-    keys = [c for c in s.columns if c in CONDITION_FIELDS]
+    # summary.csv's group keys are every condition column: show those that tell rows apart
+    keys = [c for c in s.columns if c in CONDITION_FIELDS
+            and (c == "activation" or s[c].nunique(dropna=False) > 1)]
     out = s[keys].copy()
     out.insert(1, "family", [style(str(a)).family for a in s["activation"]])
-    known = {"activation", *keys}
+    known = {c for c in s.columns if c in data.instances}  # the group keys, shown or constant
     for source, name in SUMMARY_VIEW:
         cols = source if isinstance(source, tuple) else (source,)
         if not all(c in s for c in cols):
@@ -211,15 +212,14 @@ def llc_health(data: RunData) -> LLCHealth | None:
     if llc is None:
         return None
     bad = llc[~llc["healthy"]]
-    merged = bad.drop(columns=["seed"], errors="ignore").merge(
-        data.instances[["instance", "title", "seed"]], on="instance", how="left")
+    merged = bad.merge(data.instances[["instance", "title", "seed"]], on="instance", how="left")
     by_reason = (merged.groupby("reason").agg(estimates=("instance", "size"),
                                               conditions=("title", lambda t: ", ".join(
                                                   sorted(set(map(str, t)))[:12])))
                  .reset_index().sort_values("estimates", ascending=False))
     settings = llc_settings(data)
     several = settings is not None and len(settings) > 1
-    setting_cols = [c for c in SETTING_COLUMNS if c in merged and c != "seed"] if several else []
+    setting_cols = [c for c in SETTING_COLUMNS if c in merged] if several else []
     cols = [c for c in ("instance", "title", "seed", "step", *setting_cols, "llc_mean", "llc_std",
                         "init_loss", "num_diverged", "mala_acceptance", "reason") if c in merged]
     listing = merged[cols].rename(columns={"title": "condition"}).sort_values(["instance", "step"])
