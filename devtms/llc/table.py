@@ -90,9 +90,13 @@ def read_llc_table(run: RunDir, *, check_settings: bool = True) -> pd.DataFrame:
 
 def read_for_update(run: RunDir) -> pd.DataFrame:
     """llc.csv as the LLC stage resumes it: a torn last row (damage from outside devtms) is
-    dropped first, so that its estimate is computed again."""
+    dropped first, so that its estimate is computed again; a file of an earlier layout
+    (without the instance's conditions) is written again in this one, rows unchanged."""
     run.cut_torn_line(LLC_CSV)
-    return read_llc_table(run)
+    table = read_llc_table(run)
+    if len(table) and set(COLUMNS) <= set(table.columns):
+        run.write_table_if_changed(LLC_CSV, sort_table(table))
+    return table
 
 
 def done_mask(table: pd.DataFrame, params: LLCParams, engine: str) -> pd.Series:
