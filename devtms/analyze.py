@@ -47,7 +47,7 @@ from devtms.store import (
     without_conditions,
 )
 
-VERSION = 1  # bump when a change to the analysis makes old geometry rows stale
+VERSION = 2  # bump when a change to the analysis makes old geometry rows stale (2: "o" marks)
 STAGE = "devtms analyze"
 CHUNK = 16  # checkpoints loaded at once
 

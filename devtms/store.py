@@ -162,8 +162,10 @@ def without_conditions(table: pd.DataFrame, instances: pd.DataFrame) -> pd.DataF
 
 
 # Columns that are names, never numbers, whatever they look like: a setting id such as
-# "68e1082657" would otherwise be read as a float (inf).
-TEXT_COLUMNS = {"setting": str}
+# "68e1082657" would otherwise be read as a float (inf), a k-gon label "6" or a polygon "3" (one
+# vertex) as an int. Empty cells are read as NaN.
+TEXT_COLUMNS = {name: str for name in ("setting", "k_gon_label", "polygon", "phase",
+                                       "final_geometry")}
 
 
 def read_csv(path: Path, what: str, stage: str) -> pd.DataFrame:

@@ -15,7 +15,8 @@ instances.csv, activation ... seed ..., right after `instance`):
                    n_represented (norm >= 0.5 x the largest), n_superposed (represented with
                    feature dimensionality D_i <= 0.9), n_antipodal_pairs, and for m = 2 the
                    k-gon: k_gon (robust convex-hull vertices of the represented features),
-                   k_gon_label ("5+" = a 5-gon whose off-polygon feature has positive bias),
+                   k_gon_label (k, then per off-polygon feature its bias: + positive,
+                   - negative, o zero; "5+", "3ooo"),
                    polygon, angle_dev, norm_spread; for m = 1, n = 2 the phase class
   transitions.csv  per event: loss_drop (steep falls of log loss vs log step), llc_rise /
                    llc_fall (judged against llc.csv's error bars), kgon_change,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from devtms.geometry import LABEL_NOTATION
 from devtms.report.figures.axes import common_loss_limits
 from devtms.report.figures.compare import runs_final_dotplot
 from devtms.report.figures.condition import SeedTrack, condition_figure
@@ -88,10 +89,9 @@ def _final_geometry_figure(data: RunData, prefix: str) -> Rendered:
         else:
             note = "D* " + " / ".join(f"{v:.2g}" for v in d["dims_per_feature"])
         items.append((p, snaps[int(d["instance"].iloc[0])][0], note))
-    what = ("k-gon of the first seed; the line under each name lists every seed's k-gon label "
-            "(Chen et al.'s notation: \"5+\" is a 5-gon with a positive-bias feature off it)"
-            if data.m == 2 else "W^T W of the first seed; the line under each name lists every "
-            "seed's dimensions per feature D*")
+    what = ("k-gon of the first seed; the line under each name lists every seed's k-gon label. "
+            f"{LABEL_NOTATION}" if data.m == 2 else "W^T W of the first seed; the line under "
+            "each name lists every seed's dimensions per feature D*")
     return render(final_geometry_grid(items, data.m, f"{data.name}: geometry at the end of "
                                       f"training (step {data.max_step})"),
                   f"{prefix}final_geometry", f"Final geometry of every condition: {what}.",
@@ -143,14 +143,17 @@ def condition_figures(data: RunData, prefix: str) -> list[tuple[Panel, Rendered]
         fig = condition_figure(panel.title, panel.activation, tracks, data.max_step, data.m,
                                limits)
         caption = (f"{panel.title}: loss (log), LLC (±1 sd over "
-                   "chains) and " + ("the k-gon's vertex count" if data.m == 2 else
+                   "chains) and " + ("the k-gon's vertex count (its label at each change)"
+                                     if data.m == 2 else
                                      "dimensions per feature") +
                    " against training step, seeds overlaid; vertical lines mark the transitions "
                    "found by `devtms analyze`; grey x at the bottom of the LLC panel: checkpoints "
                    "not at a local minimum (no LLC). Below: the geometry at init, at the transitions "
                    "and at the end, one row per seed"
                    + (f" (the first {MAX_SNAPSHOT_SEEDS} seeds)." if len(rows) > MAX_SNAPSHOT_SEEDS
-                      else "."))
+                      else ".")
+                   + (f" Each snapshot's title is its step and k-gon label; {LABEL_NOTATION}."
+                      if data.m == 2 else ""))
         out.append((panel, render(fig, f"{prefix}condition_{slug(panel.key)}", caption,
                                   f"{panel.title} detail")))
     return out

@@ -64,7 +64,7 @@ EVENT_STYLE = {
     "llc": dict(color="#c0392b", ls="-", lw=1.1),
     "geometry": dict(color="#7b3294", ls="-", lw=0.8),
 }
-BIAS_COLOR = {"+": "#c0392b", "-": "#2166ac", "0": "#777777"}
+BIAS_COLOR = {"+": "#c0392b", "-": "#2166ac", "o": "#777777"}  # by devtms.geometry.bias_mark
 DIVERGED_COLOR = "#c0392b"
 
 
