@@ -2,7 +2,7 @@
 
     across activations   loss_grid, llc_grid, llc_vs_loss, final_geometry  (cross_figures)
     each condition       condition_<key>                                   (condition_figures)
-    several runs         compare_finals, compare_loss_grid                 (comparison_figures)
+    several runs         compare_finals, compare_loss_grid, compare_llc_grid (comparison_figures)
 
 A figure's stem (its file name and HTML id) is prefixed with the run's slug in a report of
 several runs.
@@ -29,7 +29,17 @@ from devtms.report.snapshots import (
     load_snapshots,
     snapshot_steps,
 )
-from devtms.report.tables import final_rows, llc_curves, loss_curves, trajectories
+from devtms.report.tables import (
+    compared_finals,
+    compared_llcs,
+    compared_losses,
+    compared_panels,
+    final_rows,
+    llc_curves,
+    loss_curves,
+    shared_conditions,
+    trajectories,
+)
 
 
 def cross_figures(data: RunData, prefix: str) -> list[Rendered]:
@@ -160,24 +170,31 @@ def condition_figures(data: RunData, prefix: str) -> list[tuple[Panel, Rendered]
 
 
 def comparison_figures(runs: list[RunData]) -> list[Rendered]:
-    """Several runs: final loss/LLC per activation, and loss curves with runs overlaid."""
+    """Several runs, condition by condition (conditions matched across the runs): final loss
+    and LLC of every instance, and the loss and LLC curves with the runs overlaid."""
     names = [r.name for r in runs]
-    finals = pd.concat([final_rows(r).assign(run=r.name) for r in runs], ignore_index=True)
-    figs = [render(runs_final_dotplot(finals, names, "Final loss and LLC of every instance, "
-                                      "by activation and run"),
-                   "compare_finals", "One marker per instance at the end of training; marker "
-                   "shape is the run, colour the activation.", "final loss and LLC by run")]
-    curves, panels = [], {}
-    for r_i, r in enumerate(runs):
-        c = loss_curves(r)
-        med = c.groupby(["condition", "step"])["loss"].median().reset_index()
-        curves.append(med.assign(seed=r_i))
-        for p in r.panels:
-            panels.setdefault(p.key, Panel(p.key, p.title, p.activation, []))
-            panels[p.key].seeds.append(r_i)
-    fig = loss_grid(pd.concat(curves, ignore_index=True), list(panels.values()),
-                    max(r.max_step for r in runs), "Loss over training, runs overlaid "
-                    "(median over seeds)", series_names=dict(enumerate(names)))
+    shared = shared_conditions(runs)
+    panels = compared_panels(shared)
+    series = dict(enumerate(names))
+    max_step = max(r.max_step for r in runs)
+    figs = [render(runs_final_dotplot(compared_finals(runs, shared), panels, names,
+                                      "Final loss and LLC of every instance, by condition and "
+                                      "run"),
+                   "compare_finals", "One marker per instance at the end of training, one row "
+                   "per condition (activation and every swept field, e.g. sparsity S, importance "
+                   "ratio r); marker shape is the run, colour the activation; hollow: an "
+                   "unhealthy LLC estimate.", "final loss and LLC by condition and run")]
+    fig = loss_grid(compared_losses(runs, shared), panels, max_step, "Loss over training, runs "
+                    "overlaid (median over seeds)", series_names=series)
     figs.append(render(fig, "compare_loss_grid", "Median loss over seeds for every condition; "
                        "line style is the run (see the legend).", "loss by run"))
+    llc = compared_llcs(runs, shared)
+    if llc is not None:
+        fig = llc_grid(llc, panels, max_step, "LLC over training, runs overlaid (mean over "
+                       "seeds)", series_names=series)
+        figs.append(render(fig, "compare_llc_grid", "LLC of every condition against training "
+                           "step, the runs overlaid: the mean over seeds of the healthy "
+                           "estimates (hollow where none is healthy), band ±1 sd over chains "
+                           "(the mean over seeds); line style is the run (see the legend). Each "
+                           "run shows its plotted LLC setting.", "LLC by run"))
     return figs
