@@ -126,8 +126,8 @@ def sequence_figure(run, result, out, pdf) -> pd.DataFrame:
     height = 0.34 * len(inst) + 1.3
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.55 / height - 0.02),
               ncol=len(handles), frameon=False, fontsize=7.5)
-    ax.set_title("k-gon sequences along SGD (label: vertices, then bias signs of the features "
-                 "off the polygon)", fontsize=9.5)
+    ax.set_title("k-gon sequences along SGD (label: vertices, then the bias of each feature off "
+                 "the polygon: + positive, - negative, o zero)", fontsize=9.5)
     save(fig, out, "kgon_sequences", pdf)
     return pd.DataFrame(rows)
 

@@ -7,8 +7,12 @@ writes three tables (columns documented in GEOMETRY_COLUMNS, EVENT_COLUMNS, SUMM
     transitions.csv   one row per event (loss_drop, llc_rise, llc_fall, kgon_change,
                       antipodal_change, superposition_change, dims_plateau); loss drops carry
                       their nearest LLC jump and geometry change (devtms.transitions)
-    summary.csv       one row per activation (per activation x sparsity x importance_ratio
-                      when the run sweeps those), aggregated over seeds with spread
+    summary.csv       one row per condition (activation x sparsity x importance_ratio ...:
+                      every column of instances.csv but instance and seed), aggregated over
+                      seeds with spread
+
+geometry.csv and transitions.csv are written with the instance's conditions after `instance`
+(devtms.store.with_conditions); the tables this module computes and returns leave them out.
 
 Incremental and idempotent: geometry is computed only for (instance, step) pairs not yet in
 geometry.csv (all of it again if the geometry thresholds changed); transitions and summary
@@ -33,14 +37,23 @@ from devtms import transitions as tr
 from devtms.errors import RunDirError
 from devtms.llc.active import choose, to_dict
 from devtms.llc.table import read_llc_table
-from devtms.store import GEOMETRY_CSV, SUMMARY_CSV, TRAIN_LOG, TRANSITIONS_CSV, RunDir
+from devtms.store import (
+    GEOMETRY_CSV,
+    SUMMARY_CSV,
+    TRAIN_LOG,
+    TRANSITIONS_CSV,
+    RunDir,
+    condition_columns,
+    without_conditions,
+)
 
-VERSION = 1  # bump when a change to the analysis makes old geometry rows stale
+VERSION = 2  # bump when a change to the analysis makes old geometry rows stale (2: "o" marks)
 STAGE = "devtms analyze"
 CHUNK = 16  # checkpoints loaded at once
 
-# summary.csv, after the group keys (activation [, sparsity] [, importance_ratio]); means and
-# sample std over the group's instances (seeds), at the last checkpoint unless said otherwise
+# summary.csv, after the group keys (summary_keys: the condition columns of instances.csv but
+# seed); means and sample std over the group's instances (seeds), at the last checkpoint unless
+# said otherwise
 SUMMARY_COLUMNS = [
     "n_instances",
     "n_diverged",  # instances whose training diverged (non-finite final loss): not in the means
@@ -57,7 +70,6 @@ SUMMARY_COLUMNS = [
     "drops_with_geometry_change",  # ... with a geometry change within tolerance
     "n_loss_drops",  # the denominator of those two
 ]
-SWEPT = ["activation", "sparsity", "importance_ratio"]  # summary groups by those that vary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,9 +211,14 @@ def instance_summary(instances: pd.DataFrame, geometry: pd.DataFrame, losses: pd
     return pd.DataFrame(rows)
 
 
+def summary_keys(instances: pd.DataFrame) -> list[str]:
+    """What summary.csv groups by: an instance's conditions but its seed (activation first)."""
+    return [c for c in condition_columns(instances) if c != "seed"]
+
+
 def summary_table(instances: pd.DataFrame, per_instance: pd.DataFrame) -> pd.DataFrame:
-    """One row per activation (x swept sparsity / importance_ratio). -> keys + SUMMARY_COLUMNS"""
-    keys = [k for k in SWEPT if k == "activation" or instances[k].nunique() > 1]
+    """One row per condition (summary_keys). -> keys + SUMMARY_COLUMNS"""
+    keys = summary_keys(instances)
     data = instances[["instance", *keys]].merge(per_instance, on="instance")
     order = list(dict.fromkeys(instances["activation"]))  # registry order, not alphabetical
     rows = []
@@ -304,6 +321,8 @@ def analyze_run(run: RunDir, thresholds: geo.Thresholds = geo.DEFAULT,
     setting, llc_rows = choose(run, llc_all, llc_setting)
     params = {"version": VERSION, "thresholds": thresholds.to_dict()}
     existing = _read_own(run, GEOMETRY_CSV)
+    if existing is not None:
+        existing = without_conditions(existing, run.instances)  # written again from the registry
     if existing is not None and (run.stage("analyze").get("geometry") != params
                                  or set(existing.columns) != set(geo.GEOMETRY_COLUMNS)):
         existing = None  # made with other thresholds or by another version: recompute all

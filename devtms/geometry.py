@@ -35,10 +35,12 @@ Classifications, with every tolerance a field of `Thresholds` (defaults below):
   Regularity: `angle_dev` = max |angular gap - 2pi/k| / (2pi/k) over consecutive vertices
   (angles about the origin; 0 for a regular k-gon centred on the origin), `norm_spread` =
   (max - min) / max of the vertex norms.
-- k-gon label (Chen et al. 2023's notation): k followed by the bias sign of each feature off
-  the polygon, "+" first: "5+" is a 5-gon whose sixth feature has positive bias, "4+-" a 4-gon
-  with one positive and one negative off-polygon bias ("0" marks a bias exactly 0; no signs
-  without a bias).
+- k-gon label (Chen et al. 2023's notation): k followed by one mark per feature off the
+  polygon, from its output bias: "+" (positive), then "-" (negative), then "o" (exactly 0).
+  "5+" is a 5-gon whose sixth feature has positive bias, "4+-" a 4-gon with one positive and
+  one negative off-polygon bias, "3ooo" a 3-gon with three zero-bias features off it. No marks
+  without a bias. The marks are never digits, so a label never reads as a number ("3ooo", not
+  "3000"); store.TEXT_COLUMNS reads the column back as text.
 - m = 1, n = 2 phase class (Anthropic's phase diagram; feature 1 is "the extra feature"):
   "not_learned" (feature 1 not represented: W = [a, 0]), "superposition" (both represented:
   W = [a, -a]), "dedicated" (only feature 1: W = [0, a]).
@@ -237,7 +239,7 @@ class KGon:
 
     k: np.ndarray  # int: number of robust hull vertices of the represented columns
     # (k = -1, label and vertices "diverged": W holds nan or inf)
-    label: np.ndarray  # str: k plus the bias signs of the off-polygon features, e.g. "5+"
+    label: np.ndarray  # str: k plus the bias marks of the off-polygon features, e.g. "5+", "3ooo"
     vertices: np.ndarray  # str: the vertex features counter-clockwise, e.g. "0 3 5 1" ("-": none)
     angle_dev: np.ndarray  # float: max |gap - 2pi/k| / (2pi/k) (nan for k < 3)
     norm_spread: np.ndarray  # float: (max - min) / max of the vertex norms (nan for k = 0)
@@ -279,10 +281,25 @@ def kgon(W: Tensor, b: Tensor | None = None, t: Thresholds = DEFAULT) -> KGon:
     return KGon(*(a.reshape(batch) for a in (k, label, vertices, angle_dev, norm_spread)))
 
 
+# The mark of an off-polygon feature by the sign of its bias, in the order a label writes them.
+BIAS_MARKS = (("+", np.greater), ("-", np.less), ("o", np.equal))
+# The notation in words, for figure captions and help texts.
+LABEL_NOTATION = ('k-gon labels (Chen et al.\'s notation) give the vertex count, then one mark '
+                  'per feature off the polygon from its bias: "+" positive, "-" negative, "o" '
+                  'exactly zero; e.g. "5+", "4+-", "3ooo" (a triangle with three zero-bias '
+                  'features off it)')
+
+
+def bias_mark(bias: float) -> str:
+    """"+", "-" or "o": how a label marks an off-polygon feature with this bias ("" for NaN)."""
+    return next((mark for mark, test in BIAS_MARKS if test(bias, 0.0)), "")
+
+
 def _off_signs(b: np.ndarray, verts: list[int]) -> str:
-    off = np.setdiff1d(np.arange(len(b)), verts)
-    return ("+" * int((b[off] > 0).sum()) + "-" * int((b[off] < 0).sum())
-            + "0" * int((b[off] == 0).sum()))
+    """The marks of the features not among `verts`: "+" per positive bias, then "-" per
+    negative, then "o" per bias exactly 0. b: (n,)"""
+    off = b[np.setdiff1d(np.arange(len(b)), verts)]
+    return "".join(mark * int(test(off, 0.0).sum()) for mark, test in BIAS_MARKS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -143,9 +143,50 @@ def write_csv_atomic(path: Path, table: pd.DataFrame) -> None:
     write_bytes_atomic(path, csv_bytes(table))
 
 
+# ---------------------------------------------------------------------------------------------
+# The instance's conditions in every per-instance table
+
+# Tables with one or more rows per instance: each is written with the instance's conditions
+# (every column of instances.csv, the registry) right after `instance`, so that
+# `pd.read_csv(RUN_DIR / "llc.csv").groupby("activation")` needs no merge.
+PER_INSTANCE = (LLC_CSV, GEOMETRY_CSV, TRANSITIONS_CSV)
+
+
+def condition_columns(instances: pd.DataFrame) -> list[str]:
+    """What instances.csv says an instance is: all its columns but the `instance` id
+    (activation, n_features, n_hidden, sparsity, ..., seed, data, n_samples)."""
+    return [c for c in instances.columns if c != "instance"]
+
+
+def with_conditions(table: pd.DataFrame, instances: pd.DataFrame) -> pd.DataFrame:
+    """`table` with the registry's condition columns right after its `instance` column.
+
+    Any condition columns `table` already carries are replaced by the registry's, so a table
+    read back and written again never holds two versions of them. table: one row per (instance,
+    ...), instances: instances.csv -> same rows, more columns
+    """
+    conditions = condition_columns(instances)
+    own = [c for c in table.columns if c not in conditions]
+    registry = instances.set_index("instance")[conditions]
+    ids = pd.to_numeric(table["instance"]).astype(instances["instance"].dtype) \
+        if len(table) else table["instance"]
+    joined = registry.reindex(ids.to_numpy()).reset_index(drop=True)
+    joined.index = table.index
+    after = own.index("instance") + 1
+    return pd.concat([table[own[:after]], joined, table[own[after:]]], axis=1)
+
+
+def without_conditions(table: pd.DataFrame, instances: pd.DataFrame) -> pd.DataFrame:
+    """`table` without the registry's condition columns: what a stage computes, for code that
+    joins instances.csv itself."""
+    return table.drop(columns=condition_columns(instances), errors="ignore")
+
+
 # Columns that are names, never numbers, whatever they look like: a setting id such as
-# "68e1082657" would otherwise be read as a float (inf).
-TEXT_COLUMNS = {"setting": str}
+# "68e1082657" would otherwise be read as a float (inf), a k-gon label "6" or a polygon "3" (one
+# vertex) as an int. Empty cells are read as NaN.
+TEXT_COLUMNS = {name: str for name in ("setting", "k_gon_label", "polygon", "phase",
+                                       "final_geometry")}
 
 
 def read_csv(path: Path, what: str, stage: str) -> pd.DataFrame:
@@ -388,12 +429,17 @@ class RunDir:
                           "dropped that line, its row is computed again")
         return True
 
+    def as_written(self, name: str, table: pd.DataFrame) -> pd.DataFrame:
+        """A table as the run directory holds it: per-instance tables (PER_INSTANCE) carry
+        the instance's conditions from instances.csv right after `instance`."""
+        return with_conditions(table, self.instances) if name in PER_INSTANCE else table
+
     def write_table(self, name: str, table: pd.DataFrame) -> None:
-        write_csv_atomic(self.path / name, table)
+        write_csv_atomic(self.path / name, self.as_written(name, table))
 
     def write_table_if_changed(self, name: str, table: pd.DataFrame) -> bool:
         """Write a run CSV only if its bytes change (a rerun leaves the file untouched)."""
-        path, data = self.path / name, csv_bytes(table)
+        path, data = self.path / name, csv_bytes(self.as_written(name, table))
         if path.is_file() and path.read_bytes() == data:
             return False
         write_bytes_atomic(path, data)

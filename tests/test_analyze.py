@@ -82,17 +82,18 @@ def snapshot(run: Path) -> dict[str, bytes]:
 
 def test_analyze_writes_the_three_tables_with_their_documented_columns(analyzed):
     run, _ = analyzed
+    conditions = list(pd.read_csv(run / "instances.csv").columns[1:])  # all but `instance`
     geo = pd.read_csv(run / "geometry.csv")
-    assert list(geo.columns) == geometry.GEOMETRY_COLUMNS
+    assert list(geo.columns) == ["instance", *conditions, *geometry.GEOMETRY_COLUMNS[1:]]
     steps = RunDir.open(run).checkpoint_steps()
     assert len(geo) == 8 * len(steps)  # every (instance, checkpoint)
     assert set(zip(geo["instance"], geo["step"], strict=True)) == {(i, s) for i in range(8)
                                                                    for s in steps}
     events = pd.read_csv(run / "transitions.csv")
-    assert list(events.columns) == transitions.EVENT_COLUMNS
+    assert list(events.columns) == ["instance", *conditions, *transitions.EVENT_COLUMNS[1:]]
     assert set(events["kind"]) <= set(transitions.KINDS)
     summary = pd.read_csv(run / "summary.csv")
-    assert list(summary.columns) == ["activation", *SUMMARY_COLUMNS]
+    assert list(summary.columns) == [*(c for c in conditions if c != "seed"), *SUMMARY_COLUMNS]
     assert summary["activation"].tolist() == ["relu"] and summary["n_instances"].tolist() == [8]
     assert RunDir.open(run).stage("analyze")["done"] is True
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -122,6 +123,47 @@ def test_five_plus_label_and_two_off_polygon_features():
     W4 = polygon(4, extra=2)
     assert g.kgon(W4, torch.tensor([-0.2, -0.2, -0.2, -0.2, 0.1, -0.1])).label.item() == "4+-"
     assert g.kgon(W4, torch.tensor([-0.2, -0.2, -0.2, -0.2, 0.1, 0.1])).label.item() == "4++"
+
+
+def test_zero_bias_features_off_the_polygon_are_marked_o_never_a_digit():
+    """hardshrink and softshrink end like this: a triangle, three features at W_i = 0 whose
+    bias never moved from 0."""
+    W = polygon(3, extra=3)
+    b = torch.tensor([-0.2, -0.2, -0.2, 0.0, 0.0, 0.0], dtype=torch.float64)
+    poly = g.kgon(W, b)
+    assert poly.k.item() == 3 and sorted(poly.vertices.item().split()) == ["0", "1", "2"]
+    assert poly.label.item() == "3ooo"
+    # every mark in its place: +, then -, then o, whatever the features' order
+    b = torch.tensor([-0.2, -0.2, -0.2, 0.0, -0.1, 0.3], dtype=torch.float64)
+    assert g.kgon(W, b).label.item() == "3+-o"
+    assert g.kgon(W, -0.0 * b).label.item() == "3ooo"  # -0.0 is a zero bias too
+
+
+@pytest.mark.parametrize("k", [3, 4, 5, 6])
+def test_a_label_is_its_vertex_count_then_only_non_digit_marks(k):
+    W = polygon(k, extra=6 - k)
+    for b in (torch.zeros(6), torch.full((6,), 0.1), torch.full((6,), -0.1)):
+        label = g.kgon(W, b).label.item()
+        assert label[:1] == str(k) and not any(ch.isdigit() for ch in label[1:])
+        assert len(label) == 1 + (6 - k)
+
+
+def test_k_gon_labels_read_back_as_text(tmp_path):
+    """A label "6" or a one-vertex polygon "2" would otherwise load as an int column."""
+    from devtms.store import read_csv, write_csv_atomic
+
+    W = torch.stack([torch.stack([polygon(6), polygon(3, extra=3)])])  # (S=1, I=2, 2, 6)
+    b = torch.zeros(1, 2, 6)
+    single = torch.zeros(1, 1, 2, 6)
+    single[0, 0, 0, 2] = 1.0  # one represented feature: a 1-gon whose polygon is "2"
+    for weights, bias, labels in ((W, b, ["6", "3ooo"]), (W, None, ["6", "3"]),
+                                  (single, None, ["1"])):
+        table = g.geometry_table(weights, bias, steps=[0], instances=range(weights.shape[1]))
+        write_csv_atomic(tmp_path / "geometry.csv", table)
+        back = read_csv(tmp_path / "geometry.csv", "geometry", "devtms analyze")
+        assert back["k_gon_label"].tolist() == labels
+        assert all(pd.api.types.is_string_dtype(back[c]) for c in ("k_gon_label", "polygon"))
+    assert back["polygon"].tolist() == ["2"]
 
 
 def test_represented_feature_inside_the_polygon_is_off_it():

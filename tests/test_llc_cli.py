@@ -38,9 +38,11 @@ def test_llc_writes_the_contract_columns_and_a_second_run_adds_nothing(run_copy)
     first = run_cli("llc", run_copy)
     assert first.returncode == 0, first.stderr
     table = pd.read_csv(run_copy / LLC_CSV)
-    assert list(table.columns[: len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
-    assert list(table.columns) == COLUMNS
     run = RunDir.open(run_copy)
+    conditions = list(run.instances.columns[1:])  # the instance's, from instances.csv
+    assert list(table.columns) == ["instance", *conditions, *COLUMNS[1:]]
+    assert list(table.drop(columns=conditions).columns[: len(CONTRACT_COLUMNS)]) \
+        == CONTRACT_COLUMNS
     assert len(table) == len(run.instances) * len(run.checkpoint_steps())
     assert not table.duplicated(["instance", "step"]).any()
     assert (table["engine"] == "batched").all() and (table["num_chains"] == 2).all()

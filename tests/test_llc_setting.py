@@ -63,8 +63,8 @@ def params_of(row: dict[str, str]) -> LLCParams:
     return LLCParams(eps=float(row["eps"]), gamma=float(row["gamma"]),
                      n_beta=float(row["n_beta"]), chains=int(row["num_chains"]),
                      draws=int(row["num_draws"]), burnin=int(row["burnin"]),
-                     batch_size=int(row["batch_size"]), seed=int(row["seed"]),
-                     n_samples=int(row["n_samples"]))
+                     batch_size=int(row["batch_size"]), seed=int(row["llc_seed"]),
+                     n_samples=int(row["llc_n_samples"]))
 
 
 # ---------------------------------------------------------------------------------------------

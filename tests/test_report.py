@@ -155,6 +155,21 @@ def test_full_report_is_self_contained_and_shows_every_activation(analyzed: Path
     assert "LLC hyperparameters that produced the estimates" in text
 
 
+def test_every_caption_of_a_figure_with_k_gon_labels_explains_the_notation(analyzed: Path):
+    from devtms.geometry import LABEL_NOTATION
+    from devtms.report.load import load_run
+    from devtms.report.run_figures import condition_figures, cross_figures
+
+    data = load_run(analyzed)
+    figures = [*cross_figures(data, ""), *(r for _, r in condition_figures(data, ""))]
+    with_labels = [r for r in figures if r.stem == "final_geometry"
+                   or r.stem.startswith("condition_")]
+    assert len(with_labels) == 1 + len(data.panels)
+    for r in with_labels:
+        assert LABEL_NOTATION in r.caption, r.stem
+    assert '"o" exactly zero' in LABEL_NOTATION and '"3ooo"' in LABEL_NOTATION
+
+
 def test_unhealthy_llc_estimates_are_listed_with_their_reason(analyzed: Path, full_report: Path):
     text = full_report.read_text()
     llc = pd.read_csv(analyzed / "llc.csv")

@@ -10,21 +10,23 @@ from devtms.commands import on_interrupt
 from devtms.errors import UserError
 
 EPILOG = """\
-what it writes into RUN_DIR:
+what it writes into RUN_DIR (geometry.csv and transitions.csv carry each instance's columns of
+instances.csv, activation ... seed ..., right after `instance`):
   geometry.csv     per (instance, checkpoint step): dims_per_feature = m / ||W||_F^2,
                    n_represented (norm >= 0.5 x the largest), n_superposed (represented with
                    feature dimensionality D_i <= 0.9), n_antipodal_pairs, and for m = 2 the
                    k-gon: k_gon (robust convex-hull vertices of the represented features),
-                   k_gon_label ("5+" = a 5-gon whose off-polygon feature has positive bias),
+                   k_gon_label (k, then per off-polygon feature its bias: + positive,
+                   - negative, o zero; "5+", "3ooo"),
                    polygon, angle_dev, norm_spread; for m = 1, n = 2 the phase class
   transitions.csv  per event: loss_drop (steep falls of log loss vs log step), llc_rise /
                    llc_fall (judged against llc.csv's error bars), kgon_change,
                    antipodal_change, superposition_change, dims_plateau; each loss drop
                    with its nearest LLC jump and geometry change and their lag in decades
-  summary.csv      per activation (aggregated over seeds): final loss, LLC, dims per feature,
-                   most common final geometry, transition counts, and the study questions
-                   "superposition emerges only after the largest loss drop" and "loss drops
-                   coincide with LLC rises" as fractions
+  summary.csv      per condition (activation x sparsity x ..., aggregated over seeds): final
+                   loss, LLC, dims per feature, most common final geometry, transition
+                   counts, and the study questions "superposition emerges only after the
+                   largest loss drop" and "loss drops coincide with LLC rises" as fractions
 
 Run it again at any time: only new checkpoints are analysed, and files change only when their
 content does (an llc.csv written by `devtms llc` since the last run updates transitions.csv

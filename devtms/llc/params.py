@@ -15,9 +15,14 @@ from typing import Any
 from devtms.config import LLCConfig, RunConfig
 
 # llc.csv's columns that identify a setting (with instance and step: an estimate), in the
-# order the table is sorted by. `LLCParams.identity` fills them, in this order.
+# order the table is sorted by. `LLCParams.identity` fills them, in this order. The SGLD seed
+# and the LLC dataset's size are `llc_seed` and `llc_n_samples`: llc.csv also carries the
+# instance's own `seed` and `n_samples` (training set size) from instances.csv.
 SETTING_COLUMNS = ("engine", "eps", "gamma", "n_beta", "num_chains", "num_draws", "burnin",
-                   "batch_size", "seed", "n_samples", "loss_reduction")
+                   "batch_size", "llc_seed", "llc_n_samples", "loss_reduction")
+# Their names in llc.csv files written before the instance's conditions were added to it; the
+# setting id (`LLCParams.tag`) still hashes these names, so ids do not change.
+LEGACY_NAMES = {"llc_seed": "seed", "llc_n_samples": "n_samples"}
 FLOAT_SETTING_COLUMNS = ("eps", "gamma", "n_beta")  # compared within rounding
 
 # The loss the sampler sees and the LLC is measured on: the per-sample squared error SUMMED over
@@ -61,8 +66,8 @@ class LLCParams:
         """The values of SETTING_COLUMNS for these hyperparameters and `engine`."""
         return dict(engine=engine, eps=self.eps, gamma=self.gamma, n_beta=self.n_beta,
                     num_chains=self.chains, num_draws=self.draws, burnin=self.burnin,
-                    batch_size=self.batch_size, seed=self.seed, n_samples=self.n_samples,
-                    loss_reduction=LLC_REDUCTION)
+                    batch_size=self.batch_size, llc_seed=self.seed,
+                    llc_n_samples=self.n_samples, loss_reduction=LLC_REDUCTION)
 
     @classmethod
     def from_identity(cls, row: Any) -> LLCParams:
@@ -71,13 +76,13 @@ class LLCParams:
         return cls(eps=float(row["eps"]), gamma=float(row["gamma"]), n_beta=float(row["n_beta"]),
                    chains=int(row["num_chains"]), draws=int(row["num_draws"]),
                    burnin=int(row["burnin"]), batch_size=int(row["batch_size"]),
-                   seed=int(row["seed"]), n_samples=int(row["n_samples"]))
+                   seed=int(row["llc_seed"]), n_samples=int(row["llc_n_samples"]))
 
     def tag(self, engine: str) -> str:
         """A short stable name for these hyperparameters and engine: the `setting` column of
         llc.csv, `--setting ID`, and the trace file names."""
-        return hashlib.blake2b(repr(sorted(self.identity(engine).items())).encode(),
-                               digest_size=5).hexdigest()
+        named = {LEGACY_NAMES.get(k, k): v for k, v in self.identity(engine).items()}
+        return hashlib.blake2b(repr(sorted(named.items())).encode(), digest_size=5).hexdigest()
 
 
 def llc_dataset_size(config: RunConfig) -> int:

@@ -1,7 +1,9 @@
 """llc.csv and llc_traces/: their only reader and writer.
 
 llc.csv holds one row per estimate: an (instance, checkpoint step) under one setting
-(devtms.llc.params.SETTING_COLUMNS). Rows are kept in a canonical order (`sort_table`) so
+(devtms.llc.params.SETTING_COLUMNS). On disk each row also carries the instance's conditions
+from instances.csv right after `instance` (RunDir.write_table adds them; they are not part of
+an estimate's identity). Rows are kept in a canonical order (`sort_table`) so
 the file's bytes do not depend on the order chunks finished. llc_traces/ holds, per chunk, the
 sampled minibatch losses of every chain (safetensors: tensors only).
 
@@ -22,7 +24,7 @@ import pandas as pd
 import torch
 
 from devtms.errors import UserError
-from devtms.llc.params import FLOAT_SETTING_COLUMNS, SETTING_COLUMNS, LLCParams
+from devtms.llc.params import FLOAT_SETTING_COLUMNS, LEGACY_NAMES, SETTING_COLUMNS, LLCParams
 from devtms.llc.task import ChunkResult
 from devtms.store import (
     LLC_CSV,
@@ -30,15 +32,17 @@ from devtms.store import (
     RunDir,
     checkpoint_bytes,
     load_checkpoint_file,
+    with_conditions,
     write_bytes_atomic,
 )
 
 Tensor = torch.Tensor
 
-# llc.csv: the contract columns (docs/design.md) first, then devtms's additions.
-CONTRACT_COLUMNS = ["instance", "step", "llc_mean", "llc_std", "init_loss", "num_chains",
-                    "num_draws", "eps", "gamma", "n_beta", "engine", "healthy"]
-EXTRA_COLUMNS = ["setting", "burnin", "batch_size", "seed", "n_samples", "loss_reduction",
+# llc.csv: the contract columns (docs/design.md), then devtms's additions; the file has the
+# instance's conditions between `instance` and `step` (devtms.store.with_conditions).
+CONTRACT_COLUMNS = ["instance", "step", "setting", "llc_mean", "llc_std", "init_loss",
+                    "num_chains", "num_draws", "eps", "gamma", "n_beta", "engine", "healthy"]
+EXTRA_COLUMNS = ["burnin", "batch_size", "llc_seed", "llc_n_samples", "loss_reduction",
                  "llc_sem", "state", "rhat", "ess_bulk", "llc_drift", "num_diverged",
                  "mala_acceptance", "reason"]
 COLUMNS = CONTRACT_COLUMNS + EXTRA_COLUMNS
@@ -57,14 +61,21 @@ def empty_table() -> pd.DataFrame:
 
 
 def read_llc_table(run: RunDir, *, check_settings: bool = True) -> pd.DataFrame:
-    """llc.csv with typed columns (healthy: bool, reason: str); an empty table if absent.
+    """llc.csv with typed columns (healthy: bool, reason: str) and the instance's conditions
+    after `instance`; an empty table (with those columns) if absent.
 
+    An llc.csv written before it carried the conditions names the SGLD seed and the LLC
+    dataset's size `seed` and `n_samples`: they are read as `llc_seed` and `llc_n_samples`.
     check_settings: raise UserError when a setting column is missing (the LLC stage, which
     must know what each row was made with, asks for this; analyze and report read what there is).
     """
     table = run.read_table(LLC_CSV)
     if table is None:
-        return empty_table()
+        return with_conditions(empty_table(), run.instances)
+    if not any(new in table.columns for new in LEGACY_NAMES):
+        table = table.rename(columns={old: new for new, old in LEGACY_NAMES.items()})
+    if "instance" in table:
+        table = with_conditions(table, run.instances)
     missing = [c for c in IDENTITY if c not in table.columns]
     if check_settings and missing:
         raise UserError(f"{run.path / LLC_CSV} lacks column(s) {', '.join(missing)}: it was not "
@@ -79,9 +90,13 @@ def read_llc_table(run: RunDir, *, check_settings: bool = True) -> pd.DataFrame:
 
 def read_for_update(run: RunDir) -> pd.DataFrame:
     """llc.csv as the LLC stage resumes it: a torn last row (damage from outside devtms) is
-    dropped first, so that its estimate is computed again."""
+    dropped first, so that its estimate is computed again; a file of an earlier layout
+    (without the instance's conditions) is written again in this one, rows unchanged."""
     run.cut_torn_line(LLC_CSV)
-    return read_llc_table(run)
+    table = read_llc_table(run)
+    if len(table) and set(COLUMNS) <= set(table.columns):
+        run.write_table_if_changed(LLC_CSV, sort_table(table))
+    return table
 
 
 def done_mask(table: pd.DataFrame, params: LLCParams, engine: str) -> pd.Series:

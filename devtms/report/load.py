@@ -8,6 +8,9 @@ Where each table comes from:
   geometry is computed from the checkpoints by analyze's own function (update_geometry), not
   written; without transitions.csv no transitions are marked and the summary is provisional.
 
+llc.csv, geometry.csv and transitions.csv carry the instance's conditions; RunData holds them
+without (devtms.store.without_conditions) and joins `instances` where a table needs them.
+
 A *condition* is everything an instance is but its seed (activation, and sparsity, importance
 ratio, ... where the run sweeps them): per-condition figures overlay the seeds.
 """
@@ -28,7 +31,14 @@ from devtms.llc.table import empty_table, read_llc_table
 from devtms.report.figures.layout import Panel
 from devtms.report.figures.style import activation_order, style
 from devtms.report.format import fmt
-from devtms.store import GEOMETRY_CSV, SUMMARY_CSV, TRAIN_LOG, TRANSITIONS_CSV, RunDir
+from devtms.store import (
+    GEOMETRY_CSV,
+    SUMMARY_CSV,
+    TRAIN_LOG,
+    TRANSITIONS_CSV,
+    RunDir,
+    without_conditions,
+)
 
 CONDITION_FIELDS = ("activation", "n_features", "n_hidden", "data", "sparsity",
                     "importance_ratio", "n_samples")
@@ -42,7 +52,7 @@ class RunData:
 
     run: RunDir
     name: str
-    instances: pd.DataFrame  # instances.csv + condition, title, family
+    instances: pd.DataFrame  # instances.csv + condition, title, variant, family
     panels: list[Panel]  # one per condition, in family order
     train_log: pd.DataFrame  # step, instance, loss
     steps: list[int]  # checkpoint steps
@@ -76,7 +86,7 @@ def load_run(path: Path, setting_id: str | None = None) -> RunData:
     if not steps or train_log is None or not len(train_log):
         raise UserError(f"{path} has not been trained yet (no checkpoints or no {TRAIN_LOG}): "
                         f"run `devtms train CONFIG --out {path}` first")
-    instances = _with_conditions(run.instances)
+    instances = label_conditions(run.instances)
     if instances["n_hidden"].nunique() != 1:
         raise UserError(f"{path}: instances with different n_hidden in one run are not supported "
                         "by the report")
@@ -84,7 +94,8 @@ def load_run(path: Path, setting_id: str | None = None) -> RunData:
     if not run.stage_done("train"):
         notes.append(f"training is incomplete (last checkpoint at step {steps[-1]}): the report "
                      f"shows what exists; resume with `devtms train CONFIG --out {path} --resume`")
-    llc_all = display_llc(read_llc_table(run, check_settings=False))
+    own = run.instances  # instances.csv: the condition columns the tables below leave out
+    llc_all = display_llc(without_conditions(read_llc_table(run, check_settings=False), own))
     setting, llc = plotted_llc(llc_all, run, setting_id)
     if llc_all is None:
         notes.append(f"no LLC estimates yet: run `devtms llc {path}`")
@@ -96,7 +107,10 @@ def load_run(path: Path, setting_id: str | None = None) -> RunData:
     source = "analyze"
     if geometry is None:  # analyze has not run: its geometry, computed here, not written
         geometry, source = update_geometry(run, None, geo.DEFAULT), "report"
+    geometry = without_conditions(geometry, own)
     transitions = run.read_table(TRANSITIONS_CSV)
+    if transitions is not None:
+        transitions = without_conditions(transitions, own)
     summary = run.read_table(SUMMARY_CSV)
     if transitions is None or summary is None:
         notes.append(f"no transition analysis yet (transitions.csv, summary.csv): run "
@@ -106,28 +120,36 @@ def load_run(path: Path, setting_id: str | None = None) -> RunData:
     if llc is not None and len(llc) < len(llc_all):
         notes.append(f"llc.csv holds estimates of several LLC settings: the figures show "
                      f"{setting.describe()}; all settings are listed under provenance")
-    return RunData(run, Path(path).resolve().name, instances, _panels(instances), train_log,
+    return RunData(run, Path(path).resolve().name, instances, condition_panels(instances), train_log,
                    steps, llc, geometry, source, transitions, summary, diverged, notes,
                    llc_all, setting)
 
 
-def _with_conditions(instances: pd.DataFrame) -> pd.DataFrame:
-    """Add condition (key), title and family: the instance without its seed."""
+def label_conditions(instances: pd.DataFrame) -> pd.DataFrame:
+    """Add condition (key), title, variant and family: the instance without its seed.
+
+    The title names the activation and every CONDITION_FIELDS column that varies in
+    `instances` ("relu S=0.9"); variant is the title without the activation ("S=0.9", "" when
+    only activations vary). Instances of several runs concatenated get titles that match
+    across the runs."""
     inst = instances.copy()
     varying = [c for c in CONDITION_FIELDS if c in inst and c != "activation"
                and inst[c].nunique() > 1]
 
-    def title(row: pd.Series) -> str:
-        parts = [f"{SHORT.get(c, c)}={fmt(row[c])}" for c in varying]
-        return " ".join([str(row["activation"]), *parts])
+    def variant(row: pd.Series) -> str:
+        return " ".join(f"{SHORT.get(c, c)}={fmt(row[c])}" for c in varying)
 
-    inst["title"] = inst.apply(title, axis=1) if len(inst) else []
+    inst["variant"] = inst.apply(variant, axis=1) if len(inst) else []
+    inst["title"] = [f"{a} {v}" if v else str(a)
+                     for a, v in zip(inst["activation"], inst["variant"], strict=True)]
     inst["condition"] = inst["title"]
     inst["family"] = [style(a).family for a in inst["activation"]]
     return inst
 
 
-def _panels(instances: pd.DataFrame) -> list[Panel]:
+def condition_panels(instances: pd.DataFrame) -> list[Panel]:
+    """One Panel per condition of `label_conditions(...)`, by family, then the condition
+    fields; each with its seeds."""
     order = {a: i for i, a in enumerate(activation_order(instances["activation"].unique()))}
     firsts = instances.drop_duplicates("condition").copy()
     firsts["_rank"] = firsts["activation"].map(order)
@@ -135,7 +157,7 @@ def _panels(instances: pd.DataFrame) -> list[Panel]:
     firsts = firsts.sort_values(sort, kind="stable")
     return [Panel(row.condition, row.title, row.activation,
                   sorted(instances.loc[instances["condition"] == row.condition, "seed"].unique()
-                         .tolist()))
+                         .tolist()), row.variant)
             for row in firsts.itertuples()]
 
 

@@ -3,7 +3,7 @@ draws it from which tables, with its caption. Nothing is drawn here.
 
     across activations   loss_grid, llc_grid, llc_vs_loss, final_geometry  (cross_figures)
     each condition       condition_<key>                                   (condition_figures)
-    several runs         compare_finals, compare_loss_grid                 (comparison_figures)
+    several runs         compare_finals, compare_loss_grid, compare_llc_grid (comparison_figures)
 
 A figure's stem (its file name and HTML id) is prefixed with the run's slug in a report of
 several runs.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from devtms.geometry import LABEL_NOTATION
 from devtms.report.figures.axes import common_loss_limits
 from devtms.report.figures.compare import runs_final_dotplot
 from devtms.report.figures.condition import SeedTrack, condition_figure
@@ -29,7 +30,17 @@ from devtms.report.snapshots import (
     load_snapshots,
     snapshot_steps,
 )
-from devtms.report.tables import final_rows, llc_curves, loss_curves, trajectories
+from devtms.report.tables import (
+    compared_finals,
+    compared_llcs,
+    compared_losses,
+    compared_panels,
+    final_rows,
+    llc_curves,
+    loss_curves,
+    shared_conditions,
+    trajectories,
+)
 
 
 def cross_figures(data: RunData, prefix: str) -> list[FigureJob]:
@@ -92,10 +103,9 @@ def _final_geometry_figure(data: RunData, prefix: str) -> FigureJob:
         else:
             note = "D* " + " / ".join(f"{v:.2g}" for v in d["dims_per_feature"])
         items.append((p, snaps[int(d["instance"].iloc[0])][0], note))
-    what = ("k-gon of the first seed; the line under each name lists every seed's k-gon label "
-            "(Chen et al.'s notation: \"5+\" is a 5-gon with a positive-bias feature off it)"
-            if data.m == 2 else "W^T W of the first seed; the line under each name lists every "
-            "seed's dimensions per feature D*")
+    what = ("k-gon of the first seed; the line under each name lists every seed's k-gon label. "
+            f"{LABEL_NOTATION}" if data.m == 2 else "W^T W of the first seed; the line under "
+            "each name lists every seed's dimensions per feature D*")
     return FigureJob(f"{prefix}final_geometry", final_geometry_grid,
                      (items, data.m, f"{data.name}: geometry at the end of training "
                       f"(step {data.max_step})"),
@@ -147,39 +157,50 @@ def condition_figures(data: RunData, prefix: str) -> list[tuple[Panel, FigureJob
                                     own.loc[first, "loss"].to_numpy(float))
         args = (panel.title, panel.activation, tracks, data.max_step, data.m, limits)
         caption = (f"{panel.title}: loss (log), LLC (±1 sd over "
-                   "chains) and " + ("the k-gon's vertex count" if data.m == 2 else
+                   "chains) and " + ("the k-gon's vertex count (its label at each change)"
+                                     if data.m == 2 else
                                      "dimensions per feature") +
                    " against training step, seeds overlaid; vertical lines mark the transitions "
                    "found by `devtms analyze`; grey x at the bottom of the LLC panel: checkpoints "
                    "not at a local minimum (no LLC). Below: the geometry at init, at the transitions "
                    "and at the end, one row per seed"
                    + (f" (the first {MAX_SNAPSHOT_SEEDS} seeds)." if len(rows) > MAX_SNAPSHOT_SEEDS
-                      else "."))
+                      else ".")
+                   + (f" Each snapshot's title is its step and k-gon label; {LABEL_NOTATION}."
+                      if data.m == 2 else ""))
         out.append((panel, FigureJob(f"{prefix}condition_{slug(panel.key)}", condition_figure,
                                      args, caption, f"{panel.title} detail")))
     return out
 
 
 def comparison_figures(runs: list[RunData]) -> list[FigureJob]:
-    """Several runs: final loss/LLC per activation, and loss curves with runs overlaid."""
+    """Several runs, condition by condition (conditions matched across the runs): final loss
+    and LLC of every instance, and the loss and LLC curves with the runs overlaid."""
     names = [r.name for r in runs]
-    finals = pd.concat([final_rows(r).assign(run=r.name) for r in runs], ignore_index=True)
+    shared = shared_conditions(runs)
+    panels = compared_panels(shared)
+    series = dict(enumerate(names))
+    max_step = max(r.max_step for r in runs)
     figs = [FigureJob("compare_finals", runs_final_dotplot,
-                      (finals, names, "Final loss and LLC of every instance, by activation and "
-                       "run"), "One marker per instance at the end of training; marker "
-                   "shape is the run, colour the activation.", "final loss and LLC by run")]
-    curves, panels = [], {}
-    for r_i, r in enumerate(runs):
-        c = loss_curves(r)
-        med = c.groupby(["condition", "step"])["loss"].median().reset_index()
-        curves.append(med.assign(seed=r_i))
-        for p in r.panels:
-            panels.setdefault(p.key, Panel(p.key, p.title, p.activation, []))
-            panels[p.key].seeds.append(r_i)
+                      (compared_finals(runs, shared), panels, names,
+                       "Final loss and LLC of every instance, by condition and run"),
+                      "One marker per instance at the end of training, one row per condition "
+                      "(activation and every swept field, e.g. sparsity S, importance ratio r); "
+                      "marker shape is the run, colour the activation; hollow: an unhealthy LLC "
+                      "estimate.", "final loss and LLC by condition and run")]
     figs.append(FigureJob(
         "compare_loss_grid", loss_grid,
-        (pd.concat(curves, ignore_index=True), list(panels.values()),
-         max(r.max_step for r in runs), "Loss over training, runs overlaid (median over seeds)",
-         dict(enumerate(names))), "Median loss over seeds for every condition; "
-                       "line style is the run (see the legend).", "loss by run"))
+        (compared_losses(runs, shared), panels, max_step,
+         "Loss over training, runs overlaid (median over seeds)", series),
+        "Median loss over seeds for every condition; line style is the run (see the legend).",
+        "loss by run"))
+    llc = compared_llcs(runs, shared)
+    if llc is not None:
+        figs.append(FigureJob(
+            "compare_llc_grid", llc_grid,
+            (llc, panels, max_step, "LLC over training, runs overlaid (mean over seeds)", series),
+            "LLC of every condition against training step, the runs overlaid: the mean over "
+            "seeds of the healthy estimates (hollow where none is healthy), band ±1 sd over "
+            "chains (the mean over seeds); line style is the run (see the legend). Each run "
+            "shows its plotted LLC setting.", "LLC by run"))
     return figs

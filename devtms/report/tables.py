@@ -8,6 +8,14 @@ For the figures:
     final_rows     instances.csv + loss, geometry.csv's columns, llc, llc_std, llc_healthy at
                    the last checkpoint, one row per instance
 
+For a comparison of several runs (conditions matched across the runs; `seed` is the run's
+index, so the grids overlay runs where they overlay seeds):
+    shared_conditions   run, instance + condition, title, variant, activation, family, seed
+    compared_panels     one Panel per condition of any run, its runs as seeds
+    compared_losses     condition, seed (run), step, loss (median over the run's seeds)
+    compared_llcs       condition, seed (run), step, llc_mean, llc_std, healthy, state
+    compared_finals     run (index), condition, activation, seed, loss, llc, llc_healthy
+
 For the page (one row per shown row; `Shown` cells sort by another value than their text):
     summary_table        one row per condition: analyze's summary.csv, or provisional_summary
     llc_settings         one row per LLC setting in llc.csv
@@ -25,9 +33,10 @@ import numpy as np
 import pandas as pd
 
 from devtms.llc.params import SETTING_COLUMNS
+from devtms.report.figures.layout import Panel
 from devtms.report.figures.style import activation_order, style
 from devtms.report.format import MISSING, fmt
-from devtms.report.load import CONDITION_FIELDS, RunData
+from devtms.report.load import CONDITION_FIELDS, RunData, condition_panels, label_conditions
 
 # ---------------------------------------------------------------------------------------------
 # For the figures
@@ -42,8 +51,7 @@ def llc_curves(data: RunData) -> pd.DataFrame | None:
     if data.llc is None:
         return None
     cols = data.instances[["instance", "condition", "seed"]]
-    return data.llc.drop(columns=["seed"], errors="ignore").merge(cols, on="instance").sort_values(
-        ["instance", "step"])
+    return data.llc.merge(cols, on="instance").sort_values(["instance", "step"])
 
 
 def trajectories(data: RunData) -> pd.DataFrame | None:
@@ -81,6 +89,80 @@ def final_rows(data: RunData) -> pd.DataFrame:
     else:
         out["llc"] = np.nan
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Several runs
+
+
+def shared_conditions(runs: list[RunData]) -> pd.DataFrame:
+    """Every instance of every run labelled by the condition fields that vary across all of
+    them, so "relu S=0.9" names the same condition in each run (a run that does not sweep
+    sparsity still gets its S=...). -> run (index in `runs`), instance, activation, seed,
+    condition, title, variant, family"""
+    fields = ["instance", "activation", "seed", *[c for c in CONDITION_FIELDS
+                                                  if c != "activation"]]
+    parts = [r.instances[[c for c in fields if c in r.instances]].assign(run=k)
+             for k, r in enumerate(runs)]
+    return label_conditions(pd.concat(parts, ignore_index=True))
+
+
+def compared_panels(shared: pd.DataFrame) -> list[Panel]:
+    """One Panel per condition of any run, with the runs that have it as its `seeds`."""
+    return condition_panels(shared.drop(columns="seed").rename(columns={"run": "seed"}))
+
+
+def _relabelled(table: pd.DataFrame, shared: pd.DataFrame, run: int) -> pd.DataFrame:
+    """A run's per-instance table with the shared condition in place of the run's own."""
+    own = shared.loc[shared["run"] == run, ["instance", "condition"]]
+    return table.drop(columns=["condition"], errors="ignore").merge(own, on="instance")
+
+
+def compared_losses(runs: list[RunData], shared: pd.DataFrame) -> pd.DataFrame:
+    """The median loss over each run's seeds at every logged step, per condition and run."""
+    parts = []
+    for k, r in enumerate(runs):
+        d = _relabelled(loss_curves(r), shared, k)
+        med = d.groupby(["condition", "step"])["loss"].median().reset_index()
+        parts.append(med.assign(seed=k))
+    return pd.concat(parts, ignore_index=True)
+
+
+def compared_llcs(runs: list[RunData], shared: pd.DataFrame) -> pd.DataFrame | None:
+    """Per condition, run and checkpoint: the mean over seeds of the healthy estimates (of all,
+    flagged unhealthy, where none is healthy), with the mean sd over chains; not at a minimum
+    only where every seed is. None when no run has LLC estimates."""
+    parts = []
+    for k, r in enumerate(runs):
+        llc = llc_curves(r)
+        if llc is None:
+            continue
+        d = _relabelled(llc, shared, k)
+        absent = d["state"] == "not_at_minimum" if "state" in d else pd.Series(False, d.index)
+        d = d.assign(ok_mean=d["llc_mean"].where(d["healthy"]),
+                     ok_std=d["llc_std"].where(d["healthy"]), absent=absent)
+        g = d.groupby(["condition", "step"])
+        out = pd.DataFrame({
+            "llc_mean": g["ok_mean"].mean().fillna(g["llc_mean"].mean()),
+            "llc_std": g["ok_std"].mean().fillna(g["llc_std"].mean()),
+            "healthy": g["healthy"].any(),
+            "state": g["absent"].all().map({True: "not_at_minimum", False: ""}),
+        }).reset_index()
+        parts.append(out.assign(seed=k))
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def compared_finals(runs: list[RunData], shared: pd.DataFrame) -> pd.DataFrame:
+    """Every instance of every run at its last checkpoint: run (index in `runs`), condition,
+    activation, seed, loss, llc, llc_healthy."""
+    parts = []
+    for k, r in enumerate(runs):
+        f = _relabelled(final_rows(r), shared, k)
+        if "llc_healthy" not in f:
+            f["llc_healthy"] = np.nan
+        parts.append(f[["condition", "activation", "seed", "loss", "llc", "llc_healthy"]]
+                     .assign(run=k))
+    return pd.concat(parts, ignore_index=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,10 +205,12 @@ def summary_table(data: RunData) -> tuple[pd.DataFrame, str]:
     s = data.summary
     rank = {a: i for i, a in enumerate(activation_order(s["activation"].astype(str)))}
     s = s.iloc[np.argsort([rank[str(a)] for a in s["activation"]], kind="stable")]
-    keys = [c for c in s.columns if c in CONDITION_FIELDS]
+    # summary.csv's group keys are every condition column: show those that tell rows apart
+    keys = [c for c in s.columns if c in CONDITION_FIELDS
+            and (c == "activation" or s[c].nunique(dropna=False) > 1)]
     out = s[keys].copy()
     out.insert(1, "family", [style(str(a)).family for a in s["activation"]])
-    known = {"activation", *keys}
+    known = {c for c in s.columns if c in data.instances}  # the group keys, shown or constant
     for source, name in SUMMARY_VIEW:
         cols = source if isinstance(source, tuple) else (source,)
         if not all(c in s for c in cols):
@@ -211,15 +295,14 @@ def llc_health(data: RunData) -> LLCHealth | None:
     if llc is None:
         return None
     bad = llc[~llc["healthy"]]
-    merged = bad.drop(columns=["seed"], errors="ignore").merge(
-        data.instances[["instance", "title", "seed"]], on="instance", how="left")
+    merged = bad.merge(data.instances[["instance", "title", "seed"]], on="instance", how="left")
     by_reason = (merged.groupby("reason").agg(estimates=("instance", "size"),
                                               conditions=("title", lambda t: ", ".join(
                                                   sorted(set(map(str, t)))[:12])))
                  .reset_index().sort_values("estimates", ascending=False))
     settings = llc_settings(data)
     several = settings is not None and len(settings) > 1
-    setting_cols = [c for c in SETTING_COLUMNS if c in merged and c != "seed"] if several else []
+    setting_cols = [c for c in SETTING_COLUMNS if c in merged] if several else []
     cols = [c for c in ("instance", "title", "seed", "step", *setting_cols, "llc_mean", "llc_std",
                         "init_loss", "num_diverged", "mala_acceptance", "reason") if c in merged]
     listing = merged[cols].rename(columns={"title": "condition"}).sort_values(["instance", "step"])

@@ -12,7 +12,7 @@ CSVs. No pyplot, no backend, no global rcParams: each builder draws inside
     trajectories  llc_vs_loss: LLC against loss along training
     geometry      k-gon and W^T W pictures, final_geometry_grid; Snapshot
     condition     condition_figure: one condition in detail; SeedTrack
-    compare       runs_final_dotplot: several runs side by side
+    compare       runs_final_dotplot: several runs side by side, one row per condition
     calibration   calibration_figure: the eps x gamma grid of `devtms calibrate`
     render        figure_bytes (PNG / PDF), render (a report figure: both, with its caption)
 

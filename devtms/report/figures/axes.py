@@ -7,8 +7,10 @@
   markers (`llc_curve`); values beyond the axis limits are triangles at the edge
   (`mark_outside`); a diverged curve ends in a red x (`mark_divergence`).
 
-Tick labels avoid mathtext (superscript digits instead): one embedded font per PDF keeps
-saving fast.
+Every axis has at least two labelled ticks in view: a log axis (`log_axis`) labels powers of
+ten, and where fewer than two fall in its range 2x and 5x, then every digit, then values
+rounded to a few significant digits (`log_ticks`). Tick labels avoid mathtext (superscript
+digits instead): one embedded font per PDF keeps saving fast.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import ticker
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 
 from devtms.report.figures.style import DIVERGED_COLOR
 
@@ -30,11 +33,13 @@ def step_axis(ax: Axes, max_step: int, label: bool = True, minor: bool = True,
     """Training steps: linear on [0, 1] (so step 0 = init is shown), log from 1 on.
 
     minor=False leaves out minor ticks (small multiples: tick objects dominate drawing time).
+    label_one=False leaves tick 1 unlabelled (crowded next to 0), unless 0 would be alone.
     """
     ax.set_xscale("symlog", linthresh=1.0, linscale=0.4)
     ax.set_xlim(-0.12, max(max_step, 1) * 1.15)
     top = max(0, math.ceil(math.log10(max(max_step, 1))))
     ticks = [0] + [10**e for e in range(top + 1) if 10**e <= max_step * 1.15]
+    label_one = label_one or len(ticks) <= 2
     ax.set_xticks(ticks)
     ax.set_xticklabels(["0"] + [_pow10(t) if t > 1 or label_one else "" for t in ticks[1:]])
     ax.xaxis.set_minor_locator(ticker.SymmetricalLogLocator(
@@ -49,17 +54,72 @@ def _pow10(t: int) -> str:
 
 
 def loss_axis(ax: Axes, label: bool = True, limits: tuple[float, float] | None = None) -> None:
-    """Log loss axis; when the range spans under ~1.5 decades, 2x and 5x ticks get labels too."""
-    ax.set_yscale("log")
+    """Log loss axis (`log_axis`): at least two labelled ticks however narrow the range."""
+    log_axis(ax.yaxis)
     if limits is not None:
         ax.set_ylim(*limits)
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(log_label))
-    lo, hi = ax.get_ylim()
-    narrow = lo > 0 and math.log10(hi / lo) < 1.5
-    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_log_label) if narrow
-                                 else ticker.NullFormatter())
     if label:
         ax.set_ylabel("loss (log)")
+
+
+def log_axis(axis: Axis) -> None:
+    """A log scale whose labelled ticks follow the view (`LabelledLogLocator`), with unlabelled
+    minor ticks at 2..9 x powers of ten. axis: ax.xaxis or ax.yaxis."""
+    ax = axis.axes
+    (ax.set_xscale if axis is ax.xaxis else ax.set_yscale)("log")
+    axis.set_major_locator(LabelledLogLocator())
+    axis.set_major_formatter(ticker.FuncFormatter(log_tick_label))
+    axis.set_minor_locator(ticker.LogLocator(base=10, subs=np.arange(2, 10)))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+class LabelledLogLocator(ticker.Locator):
+    """Major ticks of a log axis from `log_ticks` over the current view: two or more."""
+
+    def __call__(self) -> list[float]:
+        return self.tick_values(*self.axis.get_view_interval())
+
+    def tick_values(self, vmin: float, vmax: float) -> list[float]:
+        return log_ticks(vmin, vmax)
+
+
+# The mantissas tried in turn until at least two ticks fall in the range.
+LOG_MANTISSAS = ((1,), (1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9))
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Tick values in [lo, hi] for a log axis, at least two (for a positive range): powers of
+    ten; else also 2x and 5x; else every digit x a power of ten; else values evenly spaced in
+    log, rounded to the fewest significant digits that keep them apart."""
+    lo, hi = sorted((float(lo), float(hi)))
+    if not (lo > 0 and np.isfinite(hi)):
+        return []
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    for mantissas in LOG_MANTISSAS:
+        ticks = [float(f"{m}e{e}") for e in range(first, last + 1) for m in mantissas]
+        ticks = [t for t in ticks if lo <= t <= hi]
+        if len(ticks) >= 2:
+            return ticks
+    inner = np.geomspace(lo, hi, 5)[1:-1]
+    for digits in range(2, 8):
+        ticks = sorted({float(f"{v:.{digits - 1}e}") for v in inner})
+        ticks = [t for t in ticks if lo <= t <= hi]
+        if len(ticks) >= 2:
+            return ticks
+    return [float(inner[0]), float(inner[-1])]
+
+
+def log_tick_label(v: float, _pos: int | None = None) -> str:
+    """A log axis's tick label: powers of ten as `log_label`, other values in plain digits
+    between 0.001 and 10^4, else as m×10ⁿ."""
+    if v <= 0 or not np.isfinite(v):
+        return ""
+    if (power := log_label(v)) != "":
+        return power
+    if 1e-3 <= v < 1e4:
+        return f"{v:.6g}"
+    e = math.floor(math.log10(v))
+    return f"{v / 10**e:.6g}×10" + str(e).translate(SUPERSCRIPT)
 
 
 def log_label(v: float, _pos: int | None = None) -> str:
@@ -71,14 +131,6 @@ def log_label(v: float, _pos: int | None = None) -> str:
         return ""
     e = round(e)
     return {0: "1", 1: "10", -1: "0.1", -2: "0.01"}.get(e, "10" + str(e).translate(SUPERSCRIPT))
-
-
-def _minor_log_label(v: float, _pos: int | None = None) -> str:
-    if v <= 0 or not np.isfinite(v):
-        return ""
-    e = math.floor(math.log10(v) + 1e-9)
-    mantissa = round(v / 10**e, 6)
-    return f"{v:.{max(0, -e)}f}" if mantissa in (2.0, 5.0) else ""
 
 
 def common_loss_limits(values: np.ndarray, initial: np.ndarray | None = None) -> tuple[float, float]:

@@ -205,8 +205,8 @@ def _snapshot_rows(fig: Figure, tracks: list[SeedTrack], color: str, m: int, n_s
     width = fig.get_size_inches()[0]
     avail = width - left - 0.3
     pitch = avail / n_snap
-    what = ("feature vectors W_i (numbered), polygon = robust convex hull, circled +/−: bias "
-            "sign of a feature off the polygon" if m == 2 else
+    what = ("feature vectors W_i (numbered), polygon = robust convex hull, circled +/−/o: "
+            "bias of a feature off the polygon positive/negative/zero" if m == 2 else
             "W^T W (red +, blue −) and feature norms ||W_i|| coloured by sqrt(interference): "
             "dark none, yellow strong")
     H = fig.get_size_inches()[1]

@@ -48,9 +48,10 @@ def snapshot_radius(snaps: list[Snapshot]) -> float:
 
 def kgon_axes(ax: Axes, W: np.ndarray, b: np.ndarray | None, color: str, radius: float,
               numbers: bool = True) -> str:
-    """Draw an m = 2 instance: its k-gon, its feature vectors, the off-polygon bias signs.
+    """Draw an m = 2 instance: its k-gon, its feature vectors, the off-polygon bias marks
+    (devtms.geometry.bias_mark: +, − or o, circled).
 
-    W: (2, n), b: (n,) or None. Returns the k-gon label ("5+"). Vertices come from
+    W: (2, n), b: (n,) or None. Returns the k-gon label ("5+", "3ooo"). Vertices come from
     devtms.geometry.kgon.
     """
     n = W.shape[1]
@@ -86,7 +87,7 @@ def kgon_axes(ax: Axes, W: np.ndarray, b: np.ndarray | None, color: str, radius:
         x, y = W[0, j], W[1, j]
         off_poly = j not in verts and b is not None
         if off_poly:
-            sign = "+" if b[j] > 0 else "-" if b[j] < 0 else "0"
+            sign = geo.bias_mark(float(b[j])) or "o"  # the mark its label gives it
             ax.plot(x, y, "o", mfc="white", mec=BIAS_COLOR[sign], ms=9, mew=1.3, zorder=4)
             ax.text(x, y, "−" if sign == "-" else sign, ha="center", va="center_baseline",
                     fontsize=8, color=BIAS_COLOR[sign], zorder=5)

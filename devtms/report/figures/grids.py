@@ -73,10 +73,12 @@ def loss_grid(curves: pd.DataFrame, panels: list[Panel], max_step: int, title: s
 
 
 @styled
-def llc_grid(llc: pd.DataFrame, panels: list[Panel], max_step: int, title: str) -> Figure:
+def llc_grid(llc: pd.DataFrame, panels: list[Panel], max_step: int, title: str,
+             series_names: dict[int, str] | None = None) -> Figure:
     """LLC against step with +-1 sd bands, one panel per condition on common axes.
 
     llc: condition, seed, step, llc_mean, llc_std, healthy. Unhealthy estimates: hollow markers.
+    series_names relabels the `seed` column in the legend (e.g. runs, when comparing runs).
     """
     rows, cols = grid_shape(len(panels))
     fig, axes = grid_figure(rows, cols, 2.05, 1.45, GRID_MARGINS, sharex=True, sharey=True)
@@ -104,5 +106,5 @@ def llc_grid(llc: pd.DataFrame, panels: list[Panel], max_step: int, title: str) 
     label_grid(fig, axes, "LLC", title)
     grid_footer(fig, seeds, "band: ±1 sd over chains; hollow: flagged unhealthy; grey x: not at a "
                             "local minimum (no LLC); y range: 1st percentile to maximum of the "
-                            "healthy estimates, triangles at the edge beyond it")
+                            "healthy estimates, triangles at the edge beyond it", series_names)
     return fig

@@ -29,6 +29,7 @@ class Panel:
     title: str
     activation: str
     seeds: list[int] = field(default_factory=list)
+    variant: str = ""  # the condition but its activation ("S=0.9"); "" when only that varies
 
 
 @dataclass(frozen=True)

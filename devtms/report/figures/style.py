@@ -5,7 +5,9 @@
   (devtms.report.figures.render), never globally: importing devtms changes no matplotlib state.
 - one colour and one marker per activation, fixed by name (`style(name)`), grouped by family
   (`FAMILIES`): each family has one hue, its members shades of it; seeds of one activation
-  share its colour and differ by line style (`SEED_DASHES`);
+  share its colour and differ by line style (`SEED_DASHES`); in a figure of several
+  conditions that differ in more than the activation (sparsity, importance ratio, ...), the
+  marker and line style name those (`condition_styles`);
 - transitions: vertical lines coloured by kind (`EVENT_STYLE`).
 """
 
@@ -13,8 +15,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, ParamSpec, TypeVar
 
 import matplotlib
 import numpy as np
@@ -64,7 +66,7 @@ EVENT_STYLE = {
     "llc": dict(color="#c0392b", ls="-", lw=1.1),
     "geometry": dict(color="#7b3294", ls="-", lw=0.8),
 }
-BIAS_COLOR = {"+": "#c0392b", "-": "#2166ac", "0": "#777777"}
+BIAS_COLOR = {"+": "#c0392b", "-": "#2166ac", "o": "#777777"}  # by devtms.geometry.bias_mark
 DIVERGED_COLOR = "#c0392b"
 
 
@@ -73,6 +75,7 @@ class Style:
     color: str
     marker: str
     family: str
+    dash: str | tuple = "-"  # line style of a condition's curve (condition_styles)
 
 
 def _build_styles() -> dict[str, Style]:
@@ -94,6 +97,30 @@ FAMILY_ORDER = [name for _, members in FAMILIES.values() for name in members]
 def style(activation: str) -> Style:
     """The fixed colour, marker and family of an activation (grey for an unknown name)."""
     return STYLES.get(activation, Style("#999999", "o", "other"))
+
+
+# Line styles of the variants of a condition (sparsity, importance ratio, ...) in
+# cross-condition figures; markers are MARKERS.
+VARIANT_DASHES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 1)), (0, (8, 2)))
+
+
+def condition_styles(panels: Sequence[Any]) -> dict[str, Style]:
+    """The style of each condition (Panel.key) in a figure that shows several at once.
+
+    Colour: the activation's. Where the conditions differ in more than their activation
+    (Panel.variant: sparsity, importance ratio, ...), the marker and line style tell the
+    variants apart, the same for every activation (S=0.9 has one marker throughout); else the
+    activation's own marker. panels: Panel (key, activation, variant)."""
+    variants = list(dict.fromkeys(p.variant for p in panels))
+    out = {}
+    for p in panels:
+        st = style(p.activation)
+        if len(variants) > 1:
+            i = variants.index(p.variant)
+            st = replace(st, marker=MARKERS[i % len(MARKERS)],
+                         dash=VARIANT_DASHES[i % len(VARIANT_DASHES)])
+        out[p.key] = st
+    return out
 
 
 def activation_order(names: Sequence[str]) -> list[str]:

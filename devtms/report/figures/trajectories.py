@@ -8,14 +8,13 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-from matplotlib import ticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from devtms.report.figures.axes import common_loss_limits, llc_ylim, log_label
+from devtms.report.figures.axes import common_loss_limits, llc_ylim, log_axis
 from devtms.report.figures.layout import Panel, inches
-from devtms.report.figures.style import Style, style, styled
+from devtms.report.figures.style import Style, condition_styles, style, styled
 
 
 @styled
@@ -35,13 +34,14 @@ def llc_vs_loss(traj: pd.DataFrame, panels: list[Panel], title: str) -> Figure:
     ax_all = fig.add_axes(inches(fig, 0.8, 0.45, 7.6, main_h))
     ax_leg = fig.add_axes(inches(fig, 8.75, 0.45, 3.6, main_h))
     by_cond = dict(tuple(traj.groupby("condition")))
+    styles = condition_styles(panels)
     for panel in panels:
         d = by_cond.get(panel.key)
         if d is not None:
-            _trajectory(ax_all, d, style(panel.activation), lw=1.3)
+            _trajectory(ax_all, d, styles[panel.key], lw=1.3)
     _traj_axes(ax_all, traj)
     ax_all.set_title(title, fontsize=11)
-    _family_legend(ax_leg, panels)
+    _family_legend(ax_leg, panels, styles)
     top = 0.45 + main_h + 0.75 + 0.3
     for k, family in enumerate(families if frows else []):
         r, c = divmod(k, fcols)
@@ -51,8 +51,8 @@ def llc_vs_loss(traj: pd.DataFrame, panels: list[Panel], title: str) -> Figure:
             d = by_cond.get(panel.key)
             if d is None:
                 continue
-            if style(panel.activation).family == family:
-                _trajectory(ax, d, style(panel.activation), lw=1.2, zorder=3)
+            if styles[panel.key].family == family:
+                _trajectory(ax, d, styles[panel.key], lw=1.2, zorder=3)
             else:
                 ax.plot(d["loss"], d["llc_mean"], color="#dddddd", lw=0.7, zorder=1)
         _traj_axes(ax, traj, labels=False)
@@ -68,7 +68,7 @@ def _trajectory(ax: Axes, d: pd.DataFrame, st: Style, lw: float, zorder: int = 3
     x, y = d["loss"].to_numpy(float), d["llc_mean"].to_numpy(float)
     ok = d["healthy"].to_numpy(bool)
     line = d["any_healthy"].to_numpy(bool) if "any_healthy" in d else ok
-    ax.plot(x[line], y[line], color=st.color, lw=lw, zorder=zorder, alpha=0.9)
+    ax.plot(x[line], y[line], color=st.color, ls=st.dash, lw=lw, zorder=zorder, alpha=0.9)
     ax.plot(x[ok], y[ok], st.marker, color=st.color, ms=2.5, zorder=zorder)
     ax.plot(x[~ok], y[~ok], st.marker, mfc="white", mec=st.color, ms=4, zorder=zorder)
     if len(x):  # the final checkpoint: a large marker
@@ -77,9 +77,7 @@ def _trajectory(ax: Axes, d: pd.DataFrame, st: Style, lw: float, zorder: int = 3
 
 
 def _traj_axes(ax: Axes, traj: pd.DataFrame, labels: bool = True) -> None:
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ticker.FuncFormatter(log_label))
-    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    log_axis(ax.xaxis)
     lo, hi = common_loss_limits(traj["loss"].to_numpy(float))
     ax.set_xlim(lo, hi)
     llc_ylim(ax, traj.assign(llc_std=0.0))
@@ -88,18 +86,18 @@ def _traj_axes(ax: Axes, traj: pd.DataFrame, labels: bool = True) -> None:
         ax.set_ylabel("LLC (mean over seeds)")
 
 
-def _family_legend(ax: Axes, panels: list[Panel]) -> None:
-    """A legend grouped by family, in its own axes."""
+def _family_legend(ax: Axes, panels: list[Panel], styles: dict[str, Style]) -> None:
+    """A legend grouped by family, in its own axes: one entry per condition."""
     ax.axis("off")
     handles: list[Line2D] = []
     seen_family = None
     for panel in panels:
-        st = style(panel.activation)
+        st = styles[panel.key]
         if st.family != seen_family:
             handles.append(Line2D([], [], ls="none", label=f"— {st.family} —"))
             seen_family = st.family
-        handles.append(Line2D([], [], color=st.color, marker=st.marker, lw=1.3, ms=5,
-                              label=panel.title))
+        handles.append(Line2D([], [], color=st.color, marker=st.marker, ls=st.dash, lw=1.3,
+                              ms=5, label=panel.title))
     handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="#444", ms=6,
                           label="hollow: unhealthy LLC"))
     handles.append(Line2D([], [], ls="none", marker="o", color="#444", mec="black", ms=8,

@@ -1,0 +1,182 @@
+"""The report's figures on a run that sweeps sparsity, and on two runs compared: every condition
+has a style of its own, comparisons go condition by condition, and every axis has at least two
+labelled ticks. Checked on the built matplotlib figures, not by eye."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from devtms.report.figures.axes import log_ticks, loss_axis
+from devtms.report.figures.compare import runs_final_dotplot
+from devtms.report.figures.grids import llc_grid, loss_grid
+from devtms.report.figures.style import MARKERS, condition_styles, style
+from devtms.report.figures.trajectories import llc_vs_loss
+from devtms.report.load import load_run
+from devtms.report.tables import (
+    compared_finals,
+    compared_llcs,
+    compared_losses,
+    compared_panels,
+    loss_curves,
+    shared_conditions,
+    trajectories,
+)
+
+from .conftest import STUDY, after_stages, run_cli, trained_run
+
+# 2 activations x 2 sparsities x 2 seeds; the second run has one of those sparsities only
+SWEEP = STUDY.but(name="sweep", data={"kind": "sparse-uniform", "sparsity": [0.5, 0.9],
+                                      "n_samples": 100})
+ONE = SWEEP.but(name="one", data={"sparsity": [0.9]}, train={"lr": 0.05})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    out = []
+    for config in (SWEEP, ONE):
+        root = tmp_path_factory.mktemp(config.raw["name"])
+        out.append(after_stages(trained_run(root, config), root / "studied", "llc", "analyze"))
+    return out
+
+
+def labelled_ticks(ax: Axes, which: str) -> list[str]:
+    """The non-empty tick labels of one axis inside its view (the figure drawn first)."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    lo, hi = sorted(axis.get_view_interval())
+    labels = []
+    for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
+        text = tick.label1.get_text() if tick.label1.get_visible() else ""
+        if text and lo <= tick.get_loc() <= hi:
+            labels.append(text)
+    return labels
+
+
+def assert_two_labels_on_every_axis(fig: Figure) -> int:
+    """Every axis showing tick labels shows at least two. -> how many axes were checked"""
+    FigureCanvasAgg(fig).draw()
+    checked = 0
+    for ax in fig.axes:
+        if not ax.axison:
+            continue
+        for which in ("x", "y"):
+            labels = labelled_ticks(ax, which)
+            if labels:  # shared axes hide their labels on inner panels
+                assert len(labels) >= 2, f"{ax.get_title()!r} {which}: {labels}"
+                checked += 1
+    return checked
+
+
+# ---------------------------------------------------------------------------------------------
+# Ticks
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(0.031, 0.038), (0.021, 0.048), (0.02, 0.3),
+                                        (1e-3, 1.0), (5e-6, 3e-5), (0.0311, 0.0312), (2, 2000)])
+def test_a_log_axis_over_any_range_has_two_labelled_ticks_inside_it(lo, hi):
+    ticks = log_ticks(lo, hi)
+    assert len(ticks) >= 2 and all(lo <= t <= hi for t in ticks)
+    fig = Figure()
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [lo, hi])
+    loss_axis(ax, limits=(lo, hi))
+    FigureCanvasAgg(fig).draw()
+    labels = labelled_ticks(ax, "y")
+    assert len(labels) >= 2 and len(set(labels)) == len(labels), labels
+
+
+def test_log_ticks_prefer_powers_of_ten_then_two_and_five():
+    assert log_ticks(1e-3, 1.0) == [1e-3, 1e-2, 0.1, 1.0]
+    assert log_ticks(0.02, 0.3) == [0.02, 0.05, 0.1, 0.2]
+    assert log_ticks(0.021, 0.048) == [0.03, 0.04]
+    assert log_ticks(0.0, 1.0) == []
+
+
+def test_every_figure_of_a_sweep_has_two_labelled_ticks_per_axis(runs):
+    data = load_run(runs[0])
+    figures = [loss_grid(loss_curves(data), data.panels, data.max_step, "loss"),
+               llc_vs_loss(trajectories(data), data.panels, "llc vs loss")]
+    assert sum(assert_two_labels_on_every_axis(f) for f in figures) >= 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditions distinguishable
+
+
+def test_every_condition_of_a_sweep_has_its_own_colour_and_marker(runs):
+    data = load_run(runs[0])
+    assert [p.title for p in data.panels] == ["relu S=0.5", "relu S=0.9", "tanh S=0.5",
+                                              "tanh S=0.9"]
+    styles = condition_styles(data.panels)
+    pairs = {(styles[p.key].color, styles[p.key].marker) for p in data.panels}
+    assert len(pairs) == len(data.panels)
+    # one marker per sparsity, the same for both activations; one colour per activation
+    assert [styles[p.key].marker for p in data.panels] == [MARKERS[0], MARKERS[1]] * 2
+    assert len({styles[p.key].color for p in data.panels}) == 2
+
+
+def test_llc_vs_loss_draws_each_condition_in_its_own_style(runs):
+    data = load_run(runs[0])
+    fig = llc_vs_loss(trajectories(data), data.panels, "llc vs loss")
+    legend = fig.axes[1].get_legend()
+    entries = {t.get_text(): h for t, h in zip(legend.get_texts(), legend.legend_handles,
+                                                strict=True)}
+    drawn = {(entries[p.title].get_color(), entries[p.title].get_marker(),
+              str(entries[p.title].get_linestyle())) for p in data.panels}
+    assert len(drawn) == len(data.panels)
+
+
+def test_a_run_without_a_sweep_keeps_each_activations_own_marker(runs):
+    data = load_run(runs[1])
+    styles = condition_styles(data.panels)
+    assert [p.title for p in data.panels] == ["relu", "tanh"]
+    assert [styles[p.key] for p in data.panels] == [style("relu"), style("tanh")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing runs
+
+
+def test_a_comparison_matches_conditions_across_runs_and_keeps_sparsities_apart(runs):
+    data = [load_run(r) for r in runs]
+    shared = shared_conditions(data)
+    panels = compared_panels(shared)
+    assert [p.title for p in panels] == ["relu S=0.5", "relu S=0.9", "tanh S=0.5", "tanh S=0.9"]
+    assert [p.seeds for p in panels] == [[0], [0, 1], [0], [0, 1]]  # the runs that have each
+    losses = compared_losses(data, shared)
+    assert set(losses["condition"]) == {p.key for p in panels}
+    # the oracle: run 1's median loss at its last step, straight from train_log.csv
+    log = data[1].train_log
+    last = log[log["step"] == log["step"].max()].merge(data[1].instances, on="instance")
+    want = last.groupby("activation")["loss"].median()
+    got = losses[(losses["seed"] == 1) & (losses["step"] == log["step"].max())]
+    assert got.set_index("condition")["loss"].to_dict() == pytest.approx(
+        {f"{a} S=0.9": v for a, v in want.items()})
+    llc = compared_llcs(data, shared)
+    assert llc is not None and set(llc["seed"]) == {0, 1}
+    finals = compared_finals(data, shared)
+    assert len(finals) == 8 + 4
+    fig = runs_final_dotplot(finals, panels, [d.name for d in data], "finals")
+    FigureCanvasAgg(fig).draw()
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [p.title for p in panels]
+    # each instance sits on its condition's row, run 0 a quarter above it, run 1 below
+    points = np.concatenate([c.get_offsets() for c in fig.axes[0].collections])
+    assert set(np.round(points[:, 1], 2)) == {-0.25, 0.75, 1.75, 2.75, 1.25, 3.25}
+    assert len({tuple(p) for p in np.round(points, 9)}) == 12
+    grid = llc_grid(llc, panels, max(d.max_step for d in data), "llc",
+                    series_names={0: "sweep", 1: "one"})
+    assert [ax.get_title(loc="left") for ax in grid.axes[:4]] == [p.title for p in panels]
+    assert assert_two_labels_on_every_axis(fig) >= 3 and assert_two_labels_on_every_axis(grid)
+
+
+def test_the_report_of_two_runs_overlays_loss_and_llc_per_condition(runs, tmp_path):
+    out = tmp_path / "compare.html"
+    result = run_cli("report", *runs, "--out", out)
+    assert result.returncode == 0, result.stderr
+    figures = {p.stem for p in (tmp_path / "compare_figures").glob("*.png")}
+    assert {"compare_finals", "compare_loss_grid", "compare_llc_grid"} <= figures
