@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +19,6 @@ from .conftest import STUDY, assert_runs_identical, run_cli, tiny_config
 
 
 def _copy(src, dst):
-    import shutil
-
     shutil.copytree(src, dst)
     return dst
 
@@ -282,7 +281,8 @@ def test_llc_is_refused_while_a_study_writes_the_run_and_a_killed_study_leaves_n
     from .killing import holds_lock, start_devtms, wait_until
 
     run = _copy(studied, tmp_path / "run")
-    study = start_devtms(["study", run])  # a finished study re-renders its report
+    shutil.rmtree(run / "report")  # a finished study then draws its report's figures again
+    study = start_devtms(["study", run])
     try:
         wait_until(study, lambda: holds_lock(study, run))
         assert study.poll() is None, "the study ended before the test could race it"

@@ -6,7 +6,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from devtms.commands import on_interrupt
+from devtms.commands import add_threads, on_interrupt
 from devtms.errors import UserError
 
 EPILOG = """\
@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="print the k-gon sequence of each instance when the run has at most N "
                         "instances, else the N most common sequences (default 24)")
     add_setting(p)
+    add_threads(p)
     p.set_defaults(func=run)
 
 
@@ -66,7 +67,9 @@ def add_setting(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from devtms.analyze import analyze_run
     from devtms.store import RunDir
+    from devtms.threads import check_threads, threads_for, torch_threads
 
+    threads = threads_for(0, check_threads(args.threads))  # geometry of tiny weight matrices
     if args.show < 0:
         raise UserError(f"--show {args.show}: must be >= 0")
     run_dir = RunDir.open(args.run_dir)
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.run_dir}: training is not complete; finish it with `devtms train "
                         f"CONFIG --out {args.run_dir} --resume` before analysing")
     advice = f"the tables written are kept; finish with `{args.given}`"
-    with on_interrupt(lambda: advice), run_dir.lock("devtms analyze"):
+    with on_interrupt(lambda: advice), run_dir.lock("devtms analyze"), torch_threads(threads):
         result = analyze_run(run_dir, llc_setting=args.setting)
     print_report(run_dir, result, args.show)
     return 0
