@@ -74,6 +74,8 @@ def write_report(runs: list[RunData], out: Path, progress: bool = True) -> Repor
     start = time.perf_counter()
     out = Path(out)
     names = _unique_names([r.name for r in runs])
+    for data, name in zip(runs, names, strict=True):
+        data.name = name  # before any figure: the comparison's legends name the runs too
     jobs: list[FigureJob] = []
     compared: list[FigureJob] = []
     if len(runs) > 1:
@@ -81,7 +83,6 @@ def write_report(runs: list[RunData], out: Path, progress: bool = True) -> Repor
         jobs += compared
     sections = []
     for data, name in zip(runs, names, strict=True):
-        data.name = name
         prefix = f"{slug(name)}-" if len(runs) > 1 else ""
         across = cross_figures(data, prefix)
         details = condition_figures(data, prefix)
