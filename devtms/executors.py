@@ -10,6 +10,10 @@ so a backend only has to move tasks and results around:
             ...
 
 `LocalExecutor` runs tasks in this process, in order, one at a time (memory holds one task).
+`ProcessExecutor` runs them in a worker process per core on this machine (nothing to install).
+`AutoExecutor` (`--scheduler auto`, the default) is a LocalExecutor that hands an LLC job large
+enough to repay starting workers to a ProcessExecutor (`for_work`); training stays in-process,
+because its shards, and so a machine's core count, would change its numbers.
 `DaskExecutor` sends them to the workers of a Dask cluster: a LocalCluster it starts on this
 machine (`--scheduler dask`: a worker process per core) or any running scheduler
 (`--scheduler tcp://HOST:PORT`: `dask scheduler` + `dask worker` on several machines, or a
@@ -24,9 +28,13 @@ Results do not depend on the executor: a task's numbers are a function of the ta
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TypeVar
 
 from devtms.allocator import keep_freed_memory
@@ -39,7 +47,10 @@ R = TypeVar("R")
 CONNECT_TIMEOUT = 10.0  # seconds to wait for a scheduler to answer (env DEVTMS_SCHEDULER_TIMEOUT)
 RETRIES = 1  # extra attempts of a task that raised (a lost worker's task is re-run regardless)
 IN_FLIGHT_PER_THREAD = 2  # tasks submitted per worker thread: one running, one queued behind it
-SCHEDULER_CHOICES = "local, dask or the address of a running Dask scheduler (tcp://HOST:PORT)"
+SCHEDULER_CHOICES = ("auto, local, processes, dask or the address of a running Dask scheduler "
+                     "(tcp://HOST:PORT)")
+PARALLEL_MIN_WORK = 5e8  # auto: loss-term elements of an LLC job (~10 s on one core) before
+# it goes to worker processes; starting them (a forkserver, torch imported) costs seconds
 
 
 class Executor(Protocol):
@@ -68,6 +79,104 @@ class LocalExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ProcessExecutor:
+    """Tasks in worker processes on this machine, one per core, each at one torch thread.
+
+    Started by a forkserver (forking a process that has run torch's thread pools is not safe);
+    at most IN_FLIGHT_PER_THREAD tasks per worker are submitted and not yet consumed. Workers
+    ignore SIGINT: Ctrl-C reaches the driver, which stops them. A worker that dies (killed, out
+    of memory) ends the job with one line; the same command resumes it.
+    """
+
+    def __init__(self, n_workers: int | None = None):
+        self.n_workers = n_workers or usable_cores()
+        context = multiprocessing.get_context("forkserver")
+        self.pool = ProcessPoolExecutor(self.n_workers, mp_context=context,
+                                        initializer=_start_process_worker)
+        self.label = f"local processes ({self.n_workers} workers x 1 thread)"
+
+    def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        todo = iter(tasks)
+        running: set[Future] = set()
+
+        def top_up() -> None:
+            while len(running) < IN_FLIGHT_PER_THREAD * self.n_workers:
+                task = next(todo, _NO_TASK)
+                if task is _NO_TASK:
+                    return
+                running.add(self.pool.submit(fn, task))
+
+        finished = False
+        try:
+            top_up()
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    running.discard(future)
+                    result = self._result(future)
+                    top_up()
+                    yield result
+            finished = True
+        finally:  # an error or Ctrl-C in the driver: stop the workers now, not after their tasks
+            if not finished:
+                self._stop_workers()
+
+    def _result(self, future: Future) -> Any:
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise UserError("a worker process died (killed, or out of memory?); run the same "
+                            "command again to resume (llc: a smaller --chunk-size needs less "
+                            "memory; --scheduler local runs in this process)") from None
+
+    def _stop_workers(self) -> None:
+        processes = list(getattr(self.pool, "_processes", {}).values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ProcessExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _start_process_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    prepare_worker()
+
+
+class AutoExecutor(LocalExecutor):
+    """--scheduler auto: in this process, except LLC jobs of at least PARALLEL_MIN_WORK loss-term
+    elements on a machine with several cores, which `for_work` hands to a ProcessExecutor
+    (started once, stopped by close())."""
+
+    label = "auto (in-process; large LLC jobs in a worker process per core)"
+
+    def __init__(self) -> None:
+        self._processes: ProcessExecutor | None = None
+
+    def for_work(self, work: float) -> Executor:
+        """The executor for a job of `work` loss-term elements: this one, or worker processes."""
+        if work < PARALLEL_MIN_WORK or usable_cores() < 2:
+            return self
+        if self._processes is None:
+            self._processes = ProcessExecutor()
+        return self._processes
+
+    def close(self) -> None:
+        if self._processes is not None:
+            self._processes.close()
+            self._processes = None
+
+    def __enter__(self) -> AutoExecutor:
+        return self
 
 
 class DaskExecutor:
@@ -263,15 +372,20 @@ def is_address(scheduler: str) -> bool:
     return bool(host) and port.isdigit() and "/" not in rest
 
 
-def make_executor(scheduler: str | None) -> LocalExecutor | DaskExecutor:
-    """The executor --scheduler asks for: None or "local" -> in-process; "dask" -> a LocalCluster
-    on this machine (stopped again by close()); an address -> that running scheduler.
+def make_executor(scheduler: str | None) -> LocalExecutor | ProcessExecutor | DaskExecutor:
+    """The executor --scheduler asks for: None or "auto" -> AutoExecutor; "local" -> in-process;
+    "processes" -> a worker process per core; "dask" -> a LocalCluster on this machine
+    (stopped again by close()); an address -> that running scheduler.
 
     Raises UserError for a string that is none of these, a scheduler that does not answer
     within CONNECT_TIMEOUT, or Dask not installed. Use it as a context manager.
     """
-    if scheduler is None or scheduler == "local":
+    if scheduler is None or scheduler == "auto":
+        return AutoExecutor()
+    if scheduler == "local":
         return LocalExecutor()
+    if scheduler == "processes":
+        return ProcessExecutor()
     if scheduler == "dask":
         return DaskExecutor.local()
     if is_address(scheduler):

@@ -60,9 +60,10 @@ def run_study(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
         request = build_request(run, device=device)
         summary = run_llc(run, request, executor, progress=progress, threads=threads)
         states = f" ({summary.state_counts})" if summary.unhealthy else ""
+        where = f"; in {summary.executor}" if summary.executor else ""
         return (f"setting {request.params.tag(request.engine)}: {summary.computed} estimates "
                 f"computed, {summary.already_done} already done, {summary.unhealthy} not "
-                f"healthy{states}")
+                f"healthy{states}{where}")
 
     def analyze() -> str:
         analyzed = analyze_run(run, progress=progress, llc_setting=llc_setting)

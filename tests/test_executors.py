@@ -1,6 +1,8 @@
 """Executors without a cluster: --scheduler is parsed and refused in one line, an unreachable
-scheduler writes nothing, and the local default never imports Dask. (The Dask executor on a
-real LocalCluster: tests/test_dask.py, in the slow tier.)"""
+scheduler writes nothing, the local default never imports Dask, and worker processes on this
+machine (`--scheduler processes`, and `auto` for large LLC jobs) give the same numbers as the
+driver's own process. (The Dask executor on a real LocalCluster: tests/test_dask.py, in the
+slow tier.)"""
 
 from __future__ import annotations
 
@@ -11,9 +13,16 @@ import sys
 import pytest
 
 from devtms.errors import UserError
-from devtms.executors import LocalExecutor, make_executor
+from devtms.executors import (
+    PARALLEL_MIN_WORK,
+    AutoExecutor,
+    LocalExecutor,
+    ProcessExecutor,
+    make_executor,
+)
+from devtms.threads import usable_cores
 
-from .conftest import tiny_config
+from .conftest import run_cli, tiny_config
 
 
 @pytest.mark.parametrize("command", ["train", "llc", "study"])
@@ -39,7 +48,7 @@ def test_an_unreachable_scheduler_is_one_line_exit_2_and_nothing_written(command
 
 @pytest.mark.parametrize("scheduler", ["tcp://host", "slurm", "", "tcp://:8786"])
 def test_a_scheduler_that_is_neither_local_dask_nor_an_address_is_refused(scheduler):
-    with pytest.raises(UserError, match="choose local, dask or the address"):
+    with pytest.raises(UserError, match="choose auto, local, processes, dask or the address"):
         make_executor(scheduler)
 
 
@@ -56,3 +65,29 @@ def test_the_local_default_never_imports_dask():
             "devtms.executors.make_executor('local').close()\n"
             "assert not any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_llc_in_worker_processes_writes_the_same_files_as_in_this_process(tiny_run, tmp_path):
+    runs = {}
+    for scheduler in ("local", "processes"):
+        run = shutil.copytree(tiny_run, tmp_path / scheduler)
+        result = run_cli("llc", run, "--scheduler", scheduler, "--chunk-size", "5")
+        assert result.returncode == 0, result.stderr
+        assert ("local processes" in result.stdout) == (scheduler == "processes"), result.stdout
+        runs[scheduler] = run
+    assert (runs["local"] / "llc.csv").read_bytes() == (runs["processes"] / "llc.csv").read_bytes()
+    traces = sorted(p.name for p in (runs["local"] / "llc_traces").iterdir())
+    assert traces == sorted(p.name for p in (runs["processes"] / "llc_traces").iterdir())
+
+
+def test_auto_keeps_small_jobs_in_this_process_and_sends_large_ones_to_workers():
+    with make_executor(None) as auto:
+        assert isinstance(auto, AutoExecutor) and isinstance(auto, LocalExecutor)
+        assert auto.for_work(PARALLEL_MIN_WORK / 10) is auto
+        large = auto.for_work(PARALLEL_MIN_WORK)
+        if usable_cores() > 1:
+            assert isinstance(large, ProcessExecutor)
+            assert sorted(large.map(abs, [-3, 1, -2])) == [1, 2, 3]  # real worker processes
+            assert auto.for_work(PARALLEL_MIN_WORK * 10) is large  # started once
+        else:
+            assert large is auto

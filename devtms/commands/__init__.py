@@ -24,20 +24,24 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 def add_threads(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, metavar="N",
-        help="torch threads in this process (default: 1 while the ops are as small as a TMS's, "
-             "where more threads only wait on each other; one per core for large ones). Use "
-             "--scheduler dask to put more cores to work; results do not depend on it")
+        help="torch threads in this process (default: 1 while the ops are as small as a "
+             "TMS's, where more threads only wait on each other; one per core for large ones). "
+             "More cores work through worker processes (--scheduler); results do not depend on "
+             "it")
 
 
 def add_scheduler(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--scheduler", default="local", metavar="{local,dask,tcp://HOST:PORT}",
-        help="where the work runs: local (default: this process, nothing to start); dask (a "
-             "Dask LocalCluster on this machine, one worker process per core); or the address "
-             "of a running Dask scheduler, e.g. tcp://10.0.0.5:8786 from `dask scheduler` with "
-             "`dask worker` processes on other machines, or a dask-jobqueue SLURMCluster's "
-             "scheduler_address. Needs `pip install 'devtms[dask]'`; workers need devtms, not "
-             "the run directory; results are the same numbers as local")
+        "--scheduler", default="auto", metavar="{auto,local,processes,dask,tcp://HOST:PORT}",
+        help="where the work runs: auto (default: this process, except LLC jobs of more than "
+             "a few seconds, which run in a worker process per core); local (this process "
+             "only); processes (a worker process per core for every job but training, whose "
+             "shards would change its numbers); dask (a Dask LocalCluster on this machine, one "
+             "worker process per core); or the address of a running Dask scheduler, e.g. "
+             "tcp://10.0.0.5:8786 from `dask scheduler` with `dask worker` processes on other "
+             "machines, or a dask-jobqueue SLURMCluster's scheduler_address (dask needs `pip "
+             "install 'devtms[dask]'`; workers need devtms, not the run directory). Results "
+             "are the same numbers everywhere")
 
 
 def open_executor(scheduler: str):
@@ -69,7 +73,7 @@ def continue_command(command: str, out: Path, args: argparse.Namespace, *flags: 
     words = ["devtms", command, str(out), *flags]
     if args.device != "cpu":
         words += ["--device", args.device]
-    if args.scheduler != "local":
+    if args.scheduler != "auto":
         words += ["--scheduler", args.scheduler]
     if getattr(args, "threads", None) is not None:
         words += ["--threads", str(args.threads)]

@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     setting = llc.Setting(request.params, request.engine)
     active = llc.active_setting(run_dir)
-    print(f"llc, setting {setting.describe()}: {summary.computed} estimated, "
+    where = f" ({summary.executor})" if summary.executor else ""
+    print(f"llc, setting {setting.describe()}: {summary.computed} estimated{where}, "
           f"{summary.already_done} already in {args.run_dir / LLC_CSV}")
     print(f"the run's active setting: {active.id}" + (
         " (this one)" if active.id == setting.id else

@@ -195,8 +195,8 @@ def clear_run_dir(path: Path) -> None:
 
 
 def shard_note(config, scheduler: str, n_instances: int) -> str | None:
-    """A note for Dask training without shards (it would run as one task at a time)."""
-    if scheduler == "local" or config.train.shard_size:
+    """A note for training on workers without shards (it would run as one task at a time)."""
+    if scheduler in ("auto", "local") or config.train.shard_size:
         return None
     return (f"note: train.shard_size is 0, so the {n_instances} instances train as one task per "
             "checkpoint interval on one worker; set train.shard_size in the config (e.g. "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from devtms.executors import Executor, LocalExecutor
+from devtms.executors import AutoExecutor, Executor, LocalExecutor
 from devtms.llc import table as llc_table
 from devtms.llc.active import active_setting
 from devtms.llc.engines import estimate_chunk
@@ -30,6 +30,7 @@ class LLCSummary:
     unhealthy: int
     chunks: int
     states: dict[str, int] = field(default_factory=dict)  # state -> estimates computed
+    executor: str = ""  # where the chunks ran when not in this process (the executor's label)
 
     @property
     def state_counts(self) -> str:
@@ -71,9 +72,15 @@ def _estimate_pending(run: RunDir, request: LLCRequest, executor: Executor,
                        sorted({s for c in chunks for s in c[1]}))
     llc_table.remove_orphan_traces(run, table)
     tasks = (inputs.task(instances, steps, request) for instances, steps in chunks)
+    p = request.params
+    if isinstance(executor, AutoExecutor):  # loss-term elements of the job
+        executor = executor.for_work(len(pending) * p.chains * (p.burnin + p.draws)
+                                     * p.batch_size * n)
+    if not isinstance(executor, LocalExecutor):
+        summary.executor = executor.label
     bar = progress_bar(len(pending), f"llc ({request.engine})", "estimate", enabled=progress)
     # the largest op of a chunk: its estimates x chains x minibatch x features
-    op_elements = size * request.params.chains * request.params.batch_size * n
+    op_elements = size * p.chains * p.batch_size * n
     with bar, torch_threads(threads_for(op_elements, threads)):
         for result in executor.map(estimate_chunk, tasks):
             result = result.only(todo)  # a chunk partly done by an earlier, other request
