@@ -31,6 +31,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -94,7 +96,8 @@ class ProcessExecutor:
         self.n_workers = n_workers or usable_cores()
         context = multiprocessing.get_context("forkserver")
         self.pool = ProcessPoolExecutor(self.n_workers, mp_context=context,
-                                        initializer=_start_process_worker)
+                                        initializer=_start_process_worker,
+                                        initargs=(os.getpid(),))
         self.label = f"local processes ({self.n_workers} workers x 1 thread)"
 
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
@@ -147,9 +150,44 @@ class ProcessExecutor:
         self.close()
 
 
-def _start_process_worker() -> None:
+def _start_process_worker(driver: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with(driver)
     prepare_worker()
+
+
+DRIVER_POLL = 0.5  # seconds between a worker's checks that its driver still runs
+
+
+def exit_with(driver: int) -> None:
+    """In a worker process: exit as soon as the driver process goes (killed, say).
+
+    A pool's workers hold both ends of their task queue, so they never see it close and would
+    wait for tasks forever, each a process holding its memory; their parent is the forkserver,
+    not the driver, so the OS does not tell them either. A daemon thread watches the driver.
+    """
+
+    def gone() -> bool:
+        try:  # Linux: a zombie has ended too
+            with open(f"/proc/{driver}/stat", "rb") as stat:
+                return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+        except FileNotFoundError:
+            return True
+        except OSError:  # no /proc: ask the OS whether the pid exists
+            try:
+                os.kill(driver, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                pass
+            return False
+
+    def watch() -> None:
+        while not gone():
+            time.sleep(DRIVER_POLL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="devtms-exit-with-driver", daemon=True).start()
 
 
 class AutoExecutor(LocalExecutor):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +93,43 @@ def test_auto_keeps_small_jobs_in_this_process_and_sends_large_ones_to_workers()
             assert auto.for_work(PARALLEL_MIN_WORK * 10) is large  # started once
         else:
             assert large is auto
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in (b"Z", b"X"):
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_worker_processes_end_when_their_driver_is_killed():
+    """SIGKILL to the driver: its workers (children of its forkserver) exit within seconds
+    instead of waiting on their task queue forever."""
+    driver = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom devtms.executors import ProcessExecutor\n"
+         "tasks = ProcessExecutor(2).map(time.sleep, [60, 60])\nprint('mapped', flush=True)\n"
+         "next(tasks)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout.readline().strip() == "mapped"
+        deadline = time.monotonic() + 60
+        workers: list[int] = []
+        while len(workers) < 2 and time.monotonic() < deadline:
+            workers = [w for server in _children(driver.pid) for w in _children(server)]
+            time.sleep(0.1)
+        servers = _children(driver.pid)
+        assert len(workers) == 2, "the driver never started its workers"
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists()
+                                              for p in workers + servers):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{p}").exists() for p in workers + servers)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import multiprocessing
+import os
 import pickle
 from concurrent.futures import ProcessPoolExecutor
 from importlib import resources
@@ -27,6 +28,7 @@ import matplotlib
 from tqdm.auto import tqdm
 
 from devtms import __version__
+from devtms.executors import exit_with
 from devtms.progress import progress_bar
 from devtms.report.figures.render import FigureJob, Rendered, render
 from devtms.threads import usable_cores
@@ -64,7 +66,8 @@ def render_all(jobs: list[FigureJob], n_workers: int | None = None,
             return [_counted(render(job), bar) for job in jobs]
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(WORKER_MODULES)
-        with ProcessPoolExecutor(n_workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(n_workers, mp_context=context, initializer=exit_with,
+                                 initargs=(os.getpid(),)) as pool:
             return [_counted(r, bar) for r in pool.map(render, jobs, chunksize=1)]
 
 
