@@ -74,8 +74,16 @@ def kill_repeatedly(args: list[str], run_dir: Path, kills: int, seed: int,
     return landed
 
 
+# `python -m devtms.cli ARGS`, with Ctrl-C's default (KeyboardInterrupt) even when the tests
+# themselves run as a background job, which starts with SIGINT ignored and passes that on
+DEVTMS_WITH_SIGINT = ("import runpy, signal, sys\n"
+                      "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+                      "sys.argv[0] = 'devtms'\n"
+                      "runpy.run_module('devtms.cli', run_name='__main__', alter_sys=True)")
+
+
 def start_devtms(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "devtms.cli", *map(str, args)],
+    return subprocess.Popen([sys.executable, "-c", DEVTMS_WITH_SIGINT, *map(str, args)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
 
