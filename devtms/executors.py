@@ -94,8 +94,7 @@ class ProcessExecutor:
 
     def __init__(self, n_workers: int | None = None):
         self.n_workers = n_workers or usable_cores()
-        context = multiprocessing.get_context("forkserver")
-        self.pool = ProcessPoolExecutor(self.n_workers, mp_context=context,
+        self.pool = ProcessPoolExecutor(self.n_workers, mp_context=forkserver(),
                                         initializer=_start_process_worker,
                                         initargs=(os.getpid(),))
         self.label = f"local processes ({self.n_workers} workers x 1 thread)"
@@ -148,6 +147,19 @@ class ProcessExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# what the forkserver imports once, before it forks any worker: the code of every pool devtms
+# starts (a process has one forkserver, started by its first pool, so one list for all)
+WORKER_PRELOAD = ["devtms.llc.engines", "devtms.report.run_figures"]
+
+
+def forkserver() -> multiprocessing.context.ForkServerContext:
+    """The multiprocessing context of devtms's worker pools: a forkserver that has imported
+    WORKER_PRELOAD. Not fork: forking a process that has run torch's thread pools is unsafe."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)
+    return context
 
 
 def _start_process_worker(driver: int) -> None:

@@ -9,16 +9,16 @@ matplotlib: the same digest means the same files. `devtms.report.write` keeps ea
 digest in the figures directory's manifest and reads the files back instead of drawing them
 again.
 
-Figures are drawn in worker processes, one per core (`usable_cores()`), started by a forkserver:
-a fork of a process that has run torch's thread pools (as `devtms study` has) is not safe,
-and a forkserver imports the drawing code once instead of in every worker.
+Figures are drawn in worker processes, one per core (`usable_cores()`), started by devtms's
+forkserver (devtms.executors.forkserver): a fork of a process that has run torch's thread
+pools (as `devtms study` has) is not safe, and the forkserver imports the drawing code once
+instead of in every worker. Workers exit when the driver is killed (executors.exit_with).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import multiprocessing
 import os
 import pickle
 from concurrent.futures import ProcessPoolExecutor
@@ -28,12 +28,10 @@ import matplotlib
 from tqdm.auto import tqdm
 
 from devtms import __version__
-from devtms.executors import exit_with
+from devtms.executors import exit_with, forkserver
 from devtms.progress import progress_bar
 from devtms.report.figures.render import FigureJob, Rendered, render
 from devtms.threads import usable_cores
-
-WORKER_MODULES = ["devtms.report.run_figures"]  # imported once by the forkserver
 
 
 @functools.cache
@@ -64,9 +62,7 @@ def render_all(jobs: list[FigureJob], n_workers: int | None = None,
     with progress_bar(len(jobs), "figures", unit="fig", enabled=progress) as bar:
         if n_workers <= 1:
             return [_counted(render(job), bar) for job in jobs]
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(WORKER_MODULES)
-        with ProcessPoolExecutor(n_workers, mp_context=context, initializer=exit_with,
+        with ProcessPoolExecutor(n_workers, mp_context=forkserver(), initializer=exit_with,
                                  initargs=(os.getpid(),)) as pool:
             return [_counted(r, bar) for r in pool.map(render, jobs, chunksize=1)]
 
