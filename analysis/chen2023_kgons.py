@@ -61,8 +61,10 @@ K_COLORS = {0: "#ffffff", 1: "#f0f0f0", 2: "#d9d9d9", 3: "#c6dbef", 4: "#9ecae1"
 
 
 def k_of(label: str) -> int:
-    digits = "".join(ch for ch in str(label) if ch.isdigit())
-    return int(digits) if digits else 0
+    """The polygon's vertex count: the label's leading digits ("5+" -> 5, "3ooo" -> 3; the
+    signs of off-polygon features are never digits)."""
+    found = re.match(r"\d+", str(label))
+    return int(found.group()) if found else 0
 
 
 def make_config(size: str):

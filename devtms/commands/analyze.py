@@ -121,7 +121,7 @@ def print_report(run_dir, result, show: int) -> None:
                      f"/{len(drops)} as a jump, {int((across == True).sum())}"  # noqa: E712
                      f"/{int(across.notna().sum())} measurable as a higher plateau level")
         print(line)
-    print("\nper activation:")
+    print("\nper condition:" if swept else "\nper activation:")
     for row in result.summary.itertuples(index=False):
         name = ", ".join([row.activation, *(f"{c} {getattr(row, c):g}" for c in swept)])
         geo_text = (f", final {row.final_geometry} ({row.final_geometry_count}/{row.n_instances})"

@@ -184,8 +184,14 @@ class ResumeAdvice:
 
 
 def clear_run_dir(path: Path) -> None:
-    """Remove a run directory's contents (called only on a directory holding run.json)."""
-    for child in path.iterdir():
+    """Remove a run directory's contents (called only on a directory holding run.json).
+
+    run.json goes last: a kill part way leaves a run that says what it is (and that --force
+    clears again), never a directory no command recognises."""
+    from devtms.store import RUN_JSON
+
+    children = sorted(path.iterdir(), key=lambda child: child.name == RUN_JSON)
+    for child in children:
         if child.name == ".lock":
             continue
         if child.is_dir():
