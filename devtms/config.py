@@ -225,6 +225,9 @@ def load_config(config_or_preset: str | Path) -> RunConfig:
     sections REQUIRED_SECTIONS (config_from_dict, for dicts built in code, fills any in)."""
     path = Path(config_or_preset)
     if path.suffix == ".toml" or path.exists():
+        if path.is_dir():
+            raise UserError(f"{path} is a directory, not a config: give a TOML file, a preset "
+                            "name, or a run directory (one holding run.json)")
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
         try:

@@ -47,6 +47,8 @@ CASES = [
          "nope", config_file(model={"activations": [*TINY["model"]["activations"], "nope"]})),
     Case("unknown preset", ["train", "no-such-preset"], "unknown preset 'no-such-preset'"),
     Case("config file missing", ["train", "missing.toml"], "config file not found"),
+    Case("a directory that is not a run as the config", ["train", "{notrun}"],
+         "is a directory, not a config"),
     Case("not TOML", ["train", CFG], "not valid TOML", {CFG: "name = \n[model\n"}),
     Case("wrong type: string for int", ["train", CFG], "model.n_features: expected an integer",
          config_file(model={"n_features": "five"})),
