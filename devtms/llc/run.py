@@ -76,8 +76,8 @@ def _estimate_pending(run: RunDir, request: LLCRequest, executor: Executor,
     if isinstance(executor, AutoExecutor):  # loss-term elements of the job
         executor = executor.for_work(len(pending) * p.chains * (p.burnin + p.draws)
                                      * p.batch_size * n)
-    if not isinstance(executor, LocalExecutor):
-        summary.executor = executor.label
+    if not isinstance(executor, LocalExecutor):  # any object with map() will do: say what it is
+        summary.executor = getattr(executor, "label", type(executor).__name__)
     bar = progress_bar(len(pending), f"llc ({request.engine})", "estimate", enabled=progress)
     # the largest op of a chunk: its estimates x chains x minibatch x features
     op_elements = size * p.chains * p.batch_size * n
