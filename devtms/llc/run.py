@@ -73,9 +73,9 @@ def _estimate_pending(run: RunDir, request: LLCRequest, executor: Executor,
     llc_table.remove_orphan_traces(run, table)
     tasks = (inputs.task(instances, steps, request) for instances, steps in chunks)
     p = request.params
-    if isinstance(executor, AutoExecutor):  # loss-term elements of the job
+    if isinstance(executor, AutoExecutor) and request.device == "cpu":  # a GPU: stay here
         executor = executor.for_work(len(pending) * p.chains * (p.burnin + p.draws)
-                                     * p.batch_size * n)
+                                     * p.batch_size * n)  # the job's loss-term elements
     if not isinstance(executor, LocalExecutor):  # any object with map() will do: say what it is
         summary.executor = getattr(executor, "label", type(executor).__name__)
     bar = progress_bar(len(pending), f"llc ({request.engine})", "estimate", enabled=progress)
