@@ -205,13 +205,12 @@ def _snapshot_rows(fig: Figure, tracks: list[SeedTrack], color: str, m: int, n_s
     width = fig.get_size_inches()[0]
     avail = width - left - 0.3
     pitch = avail / n_snap
-    what = ("feature vectors W_i (numbered), polygon = robust convex hull, circled +/−/o: "
-            "bias of a feature off the polygon positive/negative/zero" if m == 2 else
-            "W^T W (red +, blue −) and feature norms ||W_i|| coloured by sqrt(interference): "
-            "dark none, yellow strong")
+    what = ("W_i numbered, polygon = robust convex hull, circled +/−/o: the bias sign of a "
+            "feature off it" if m == 2 else
+            "W^T W (red +, blue −), norms ||W_i|| by sqrt(interference): dark none, yellow strong")
     H = fig.get_size_inches()[1]
-    fig.text(0.01, 1 - (top + 0.05) / H, f"Geometry at init, at the transitions and at the end — "
-             f"{what}", va="top", fontsize=9, color="#333333")
+    fig.text(0.01, 1 - (top + 0.05) / H, f"Geometry at init, transitions and end — {what}",
+             va="top", fontsize=9, color="#333333", wrap=True)
     y = top + 0.35
     for t in tracks:
         radius = snapshot_radius(t.snapshots)
