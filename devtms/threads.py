@@ -10,8 +10,8 @@ ops and in inductor's OpenMP kernels alike; `devtms llc` on the quick run 2.1x s
 So the default is one thread below PARALLEL_MIN_ELEMENTS elements in the largest op, and
 one per core above it; more cores are used by running independent work in separate
 processes (`--scheduler auto` does for large LLC jobs; `processes` and `dask` for everything:
-a worker per core at one thread each). `--threads N` on every
-compute command overrides the choice.
+a worker per core at one thread each). `--threads N` on every compute command overrides the
+choice.
 
     >>> n = threads_for(op_elements=145 * 100 * 5)          # 1
     >>> with torch_threads(n):

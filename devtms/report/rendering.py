@@ -2,6 +2,7 @@
 
     >>> digests = {job.stem: input_digest(job) for job in jobs}
     >>> fresh = render_all([job for job in jobs if digests[job.stem] != previous.get(job.stem)])
+    >>> fresh[0].png, fresh[0].pdf, fresh[0].page_png                 # in the jobs' order
 
 A figure's input digest is the SHA-256 of its job's pickle (builder, arguments) together with
 the source of the code that draws it (devtms/report/figures/) and the versions of devtms and
@@ -9,26 +10,23 @@ matplotlib: the same digest means the same files. `devtms.report.write` keeps ea
 digest in the figures directory's manifest and reads the files back instead of drawing them
 again.
 
-Figures are drawn in worker processes, one per core (`usable_cores()`), started by devtms's
-forkserver (devtms.executors.forkserver): a fork of a process that has run torch's thread
-pools (as `devtms study` has) is not safe, and the forkserver imports the drawing code once
-instead of in every worker. Workers exit when the driver is killed (executors.exit_with).
+Figures are drawn in devtms's worker processes, one per core (devtms.executors.ProcessExecutor:
+a forkserver that has imported the drawing code once; workers leave Ctrl-C to the driver and
+exit when it is killed).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import pickle
-from concurrent.futures import ProcessPoolExecutor
 from importlib import resources
 
 import matplotlib
 from tqdm.auto import tqdm
 
 from devtms import __version__
-from devtms.executors import exit_with, forkserver
+from devtms.executors import ProcessExecutor
 from devtms.progress import progress_bar
 from devtms.report.figures.render import FigureJob, Rendered, render
 from devtms.threads import usable_cores
@@ -52,19 +50,17 @@ def input_digest(job: FigureJob) -> str:
     return h.hexdigest()
 
 
-
-
 def render_all(jobs: list[FigureJob], n_workers: int | None = None,
                progress: bool = True) -> list[Rendered]:
     """Render the jobs, in their order. n_workers None: one per core; 1 (or one job): in this
-    process."""
+    process, else in devtms's worker processes (devtms.executors.ProcessExecutor)."""
     n_workers = min(n_workers or usable_cores(), len(jobs))
     with progress_bar(len(jobs), "figures", unit="fig", enabled=progress) as bar:
         if n_workers <= 1:
             return [_counted(render(job), bar) for job in jobs]
-        with ProcessPoolExecutor(n_workers, mp_context=forkserver(), initializer=exit_with,
-                                 initargs=(os.getpid(),)) as pool:
-            return [_counted(r, bar) for r in pool.map(render, jobs, chunksize=1)]
+        with ProcessExecutor(n_workers) as workers:
+            done = {r.stem: _counted(r, bar) for r in workers.map(render, jobs)}
+        return [done[job.stem] for job in jobs]
 
 
 def _counted(rendered: Rendered, bar: tqdm) -> Rendered:

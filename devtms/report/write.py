@@ -120,9 +120,8 @@ def _figures(fig_dir: Path, jobs: list[FigureJob], progress: bool
     report that this one does not make are removed (only those: never any other file)."""
     before = _read_manifest(fig_dir)
     digests = {job.stem: input_digest(job) for job in jobs}
-    rendered = {job.stem: _read_back(fig_dir, job) for job in jobs
-                if before.digests.get(job.stem) == digests[job.stem]}
-    rendered = {stem: r for stem, r in rendered.items() if r is not None}
+    rendered = {job.stem: r for job in jobs if before.digests.get(job.stem) == digests[job.stem]
+                and (r := _read_back(fig_dir, job)) is not None}
     todo = [job for job in jobs if job.stem not in rendered]
     kept = {stem: before.digests[stem] for stem in rendered}
     if todo:
