@@ -23,7 +23,7 @@ from devtms import __version__
 from devtms.errors import Interrupted, UserError
 
 # In the order `devtms --help` lists them.
-COMMANDS = ["activations", "train", "llc", "calibrate", "analyze", "report", "study"]
+COMMANDS = ["activations", "train", "llc", "calibrate", "analyze", "report", "study", "bayes"]
 
 
 class Parser(argparse.ArgumentParser):

@@ -151,7 +151,7 @@ class ProcessExecutor:
 
 # what the forkserver imports once, before it forks any worker: the code of every pool devtms
 # starts (a process has one forkserver, started by its first pool, so one list for all)
-WORKER_PRELOAD = ["devtms.llc.engines", "devtms.report.run_figures"]
+WORKER_PRELOAD = ["devtms.llc.engines", "devtms.report.run_figures", "devtms.bayes.posterior"]
 
 
 def forkserver() -> multiprocessing.context.ForkServerContext:

@@ -56,6 +56,16 @@ TRANSITIONS_CSV = "transitions.csv"
 SUMMARY_CSV = "summary.csv"
 REPORT_DIR = "report"
 CALIBRATION_DIR = "calibration"
+BAYES_DIR = "bayes"  # devtms bayes: the files below, and posterior/N_<N>.json per N
+BAYES_PHASES = "phases.csv"
+BAYES_FREE_ENERGY = "free_energy.csv"
+BAYES_OCCUPANCY = "occupancy.csv"
+BAYES_OCCUPANCY_BY_START = "occupancy_by_start.csv"
+BAYES_MIXING = "mixing.csv"
+BAYES_CROSSOVERS = "crossovers.csv"
+BAYES_SEQUENCES = "sequences.csv"
+BAYES_SGD = "sgd_fractions.csv"
+BAYES_POSTERIOR = "posterior"
 LOCK = ".lock"
 
 # The command that rewrites each run table: what the message about a damaged one says to run.

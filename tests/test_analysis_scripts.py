@@ -30,6 +30,7 @@ SCRIPTS = {
     "devinterp_tms.py": ["tms_loss_llc", "act27_loss", "act27_llc", "act27_final",
                          "act27_summary"],
     "chen2023_kgons.py": ["kgon_sequences", "trajectories", "kgon_loss_llc", "final_kgons"],
+    "chen2023_bayes.py": ["journeys", "llc_check", "implied_llc"],
 }
 
 

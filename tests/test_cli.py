@@ -23,7 +23,8 @@ print(sorted(m for m in ("torch", "pandas", "numpy", "matplotlib") if m in sys.m
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["llc", "--help"],
-                                  ["study", "--help"], ["report", "--help"], ["activations"]])
+                                  ["study", "--help"], ["report", "--help"], ["bayes", "--help"],
+                                  ["activations"]])
 def test_help_and_activations_answer_without_importing_torch_or_pandas(argv):
     result = subprocess.run([sys.executable, "-c", IMPORTS_AFTER, *argv], capture_output=True,
                             text=True, timeout=120)

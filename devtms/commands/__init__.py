@@ -71,7 +71,7 @@ def continue_command(command: str, out: Path, args: argparse.Namespace, *flags: 
     """`devtms COMMAND OUT FLAGS`, plus --device, --scheduler and --threads where they are not
     the defaults: the command line that goes on with the run in OUT."""
     words = ["devtms", command, str(out), *flags]
-    if args.device != "cpu":
+    if getattr(args, "device", "cpu") != "cpu":  # commands without --device run on the CPU
         words += ["--device", args.device]
     if args.scheduler != "auto":
         words += ["--scheduler", args.scheduler]

@@ -28,6 +28,7 @@ from devtms.analyze import update_geometry
 from devtms.errors import UserError
 from devtms.llc.active import Setting, choose
 from devtms.llc.table import empty_table, read_llc_table
+from devtms.report.bayes import BayesTables, load_bayes
 from devtms.report.figures.layout import Panel
 from devtms.report.figures.style import activation_order, style
 from devtms.report.format import fmt
@@ -65,6 +66,7 @@ class RunData:
     notes: list[str] = field(default_factory=list)  # stages not run, with what to do
     llc_all: pd.DataFrame | None = None  # every row of llc.csv, every setting (None: no LLC)
     llc_setting: Setting | None = None  # the plotted one (the active, or --setting)
+    bayes: BayesTables | None = None  # RUN_DIR/bayes/ (devtms bayes), if it has run
 
     @property
     def m(self) -> int:
@@ -122,7 +124,7 @@ def load_run(path: Path, setting_id: str | None = None) -> RunData:
                      f"{setting.describe()}; all settings are listed under provenance")
     return RunData(run, Path(path).resolve().name, instances, condition_panels(instances), train_log,
                    steps, llc, geometry, source, transitions, summary, diverged, notes,
-                   llc_all, setting)
+                   llc_all, setting, load_bayes(run))
 
 
 def label_conditions(instances: pd.DataFrame) -> pd.DataFrame:

@@ -136,6 +136,18 @@ class DetailView:
 
 
 @dataclass(frozen=True)
+class BayesView:
+    """The run's `devtms bayes` section: the figure, the three journeys, the tables."""
+
+    figure: Rendered
+    activation: str
+    journeys: list[tuple[str, str]]  # (journey, its phase sequence)
+    phases: TableView
+    crossovers: TableView
+    disagree: list[int]  # N where chains from different starts disagree
+
+
+@dataclass(frozen=True)
 class RunView:
     """One run's sections (run.html.j2 and the templates it includes)."""
 
@@ -147,16 +159,37 @@ class RunView:
     across: list[Rendered]  # the figures across activations
     details: list[DetailView]  # one per condition
     provenance: ProvenanceView
+    bayes: BayesView | None = None  # None: `devtms bayes` has not run
 
 
 def run_view(data: RunData, prefix: str, heading: str, across: list[Rendered],
-             details: list[tuple[Panel, Rendered]]) -> RunView:
+             details: list[tuple[Panel, Rendered]], bayes: Rendered | None = None) -> RunView:
     """prefix: the run's slug and "-" in a report of several runs, else ""."""
     anchor = slug(prefix or "run")
     return RunView(
         anchor, heading, data.notes, _summary_view(data), _health_view(data), across,
         [DetailView(f"{anchor}-c-{slug(p.key)}", p.title, fig) for p, fig in details],
-        _provenance_view(data))
+        _provenance_view(data), _bayes_view(data, bayes) if bayes is not None else None)
+
+
+PHASE_COLUMNS = {"k_gon_label": "phase", "seeds": "seeds", "loss_run": "loss (run)",
+                 "llc_run": "LLC (run)", "loss_critical": "loss (critical point)",
+                 "llc_critical": "LLC (critical point)", "llc_count": "LLC (count)",
+                 "source": "free energy uses"}
+CROSSOVER_COLUMNS = {"from_phase": "from", "to_phase": "to",
+                     "n_star_free_energy": "N* predicted", "n_star_low": "low",
+                     "n_star_high": "high", "n_star_count": "N* (count)",
+                     "n_star_sampled": "N* sampled", "sampled": "sampled crossing",
+                     "chains_agree": "starts agree", "found_by": "found by"}
+
+
+def _bayes_view(data: RunData, figure: Rendered) -> BayesView:
+    b = data.bayes
+    phases = b.phases[[c for c in PHASE_COLUMNS if c in b.phases]].rename(columns=PHASE_COLUMNS)
+    crossovers = b.crossovers[list(CROSSOVER_COLUMNS)].rename(columns=CROSSOVER_COLUMNS)
+    disagree = [int(n) for n in b.mixing.loc[~b.mixing["agree"].astype(bool), "N"]]
+    return BayesView(figure, b.activation, list(b.journeys().items()), table_view(phases),
+                     table_view(crossovers), disagree)
 
 
 def _summary_view(data: RunData) -> SummaryView:

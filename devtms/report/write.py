@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devtms.errors import UserError
+from devtms.report.bayes import bayes_job
 from devtms.report.figures.render import FigureJob, Rendered
 from devtms.report.format import slug
 from devtms.report.html import page
@@ -86,15 +87,17 @@ def write_report(runs: list[RunData], out: Path, progress: bool = True) -> Repor
         prefix = f"{slug(name)}-" if len(runs) > 1 else ""
         across = cross_figures(data, prefix)
         details = condition_figures(data, prefix)
-        jobs += across + [job for _, job in details]
-        sections.append((data, prefix, name, across, details))
+        bayes = [bayes_job(data.bayes, prefix, name)] if data.bayes is not None else []
+        jobs += across + [job for _, job in details] + bayes
+        sections.append((data, prefix, name, across, details, bayes))
     fig_dir = figures_dir(out)
     rendered, drawn = _figures(fig_dir, jobs, progress)
     comparison = (comparison_view(runs_overview(runs, names), [rendered[j.stem] for j in compared])
                   if compared else None)
     views = [run_view(data, prefix, f"Run {name}", [rendered[j.stem] for j in across],
-                      [(panel, rendered[j.stem]) for panel, j in details])
-             for data, prefix, name, across, details in sections]
+                      [(panel, rendered[j.stem]) for panel, j in details],
+                      rendered[bayes[0].stem] if bayes else None)
+             for data, prefix, name, across, details, bayes in sections]
     text = page("devtms report: " + ", ".join(names), views, comparison, fig_dir.name)
     write_bytes_atomic(out, text.encode())
     files = [fig_dir / f"{stem}.{ext}" for stem in rendered for ext in ("png", "pdf")]
