@@ -23,6 +23,25 @@ def compile_available() -> bool:
     return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 
+def vector_options(inner: int) -> dict[str, int]:
+    """Inductor options for loops whose innermost axis has `inner` floats.
+
+    Inductor vectorizes the innermost axis at the machine's widest vector (16 floats with
+    AVX-512). A TMS's innermost axis is its features, often 8 or fewer: every vector would
+    then be half masked off. Where the CPU also has 8-float vectors (AVX2), they fit exactly:
+    activations27's compiled training step takes 0.48 ms at 8 floats against 0.68 ms at 16.
+    The width changes the order of the vector sums, so it is chosen from the shape alone.
+    """
+    if inner > 8:
+        return {}
+    try:
+        from torch._inductor import cpu_vec_isa
+        widths = {isa.bit_width() for isa in cpu_vec_isa.valid_vec_isa_list()}
+    except (ImportError, AttributeError, RuntimeError):  # inductor's internals moved
+        return {}
+    return {"cpp.simdlen": 256} if 256 in widths and max(widths) > 256 else {}
+
+
 def with_own_code(fn: Callable, name: str) -> Callable:
     """A copy of the closure `fn` with a code object of its own, named `name`.
 

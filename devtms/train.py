@@ -113,7 +113,8 @@ class BatchTrainer:
         self.optimizer = self._make_optimizer()
         # (W, b, x, importance) -> (loss, dW, db): torch.compile's fused kernel or the eager ops
         self.compiled = use_compile(config)
-        self.loss_and_grad = (tms.compiled_loss_and_grad(self.groups, m.reduction)
+        self.loss_and_grad = (tms.compiled_loss_and_grad(self.groups, m.reduction,
+                                                        m.n_features)
                               if self.compiled else
                               functools.partial(tms.loss_and_grad, groups=self.groups,
                                                 reduction=m.reduction))

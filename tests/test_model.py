@@ -55,8 +55,8 @@ def test_loss_and_grad_equals_autograd(reduction, n, m, traceable):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("n, m, names", [
-    (8, 2, ALL),  # the Gram route, every activation (as activations27 trains them)
-    (40, 4, ["relu", "gelu", "softmax"]),  # the factored route
+    (8, 2, ALL),  # every activation as activations27 trains them (8-float vectors; eager: Gram)
+    (40, 4, ["relu", "gelu", "softmax"]),  # wide: both factored, the machine's own vectors
 ])
 def test_compiled_loss_and_grad_equals_eager(n, m, names):
     """torch.compile's fused kernel against the eager ops, in float32 as training runs it.
@@ -64,10 +64,11 @@ def test_compiled_loss_and_grad_equals_eager(n, m, names):
     names = [a for a in names for _ in range(3)]
     W, b, x, importance, groups = _batch(names, n=n, m=m, B=50, seed=5, dtype=torch.float32)
     eager = tms.loss_and_grad(W, b, x, importance, groups, "mean")
-    compiled = tms.compiled_loss_and_grad(groups, "mean")(W, b, x, importance)
+    compiled = tms.compiled_loss_and_grad(groups, "mean", n)(W, b, x, importance)
     for c, e in zip(compiled, eager, strict=True):  # loss, dW, db
         torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)
-    assert tms.compiled_loss_and_grad(groups, "mean") is tms.compiled_loss_and_grad(groups, "mean")
+    assert (tms.compiled_loss_and_grad(groups, "mean", n)
+            is tms.compiled_loss_and_grad(groups, "mean", n))
 
 
 def test_instances_never_interact():
