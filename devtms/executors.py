@@ -28,6 +28,7 @@ Results do not depend on the executor: a task's numbers are a function of the ta
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
@@ -166,6 +167,10 @@ def _start_process_worker(driver: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with(driver)
     prepare_worker()
+    # The imported modules (torch, matplotlib: millions of objects) never become garbage:
+    # out of the collector's sight, its full passes over each task's own objects are cheap
+    # (a report's figures draw 10% faster).
+    gc.freeze()
 
 
 DRIVER_POLL = 0.5  # seconds between a worker's checks that its driver still runs
