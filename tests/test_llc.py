@@ -161,6 +161,23 @@ def test_clearly_negative_and_impossibly_large_llcs_are_flagged():
     assert "above d/2" in rows[1]["reason"]
 
 
+def test_a_descent_below_the_llcs_resolution_is_a_flat_basin_not_a_saddle():
+    """A saturated model (activations27's softmax and solu_ln ends) barely moves its loss: chains
+    1e-6 below w*'s loss give an llc of -1e-4 with a tinier sem. That is an LLC of 0 within
+    LLC_RESOLUTION, healthy; a descent just past the resolution is still not_at_minimum."""
+    g = torch.Generator().manual_seed(1)
+    noise = 1e-7 * torch.randn(3, 8, 400, generator=g, dtype=torch.float64)
+    # n_beta 100: -1e-6 -> llc -1e-4; -1e-3 -> llc -0.1 (twice the resolution)
+    loss = 1.0 + torch.tensor([-1e-6, -1e-3, 0.0])[:, None, None] + noise
+    rows = llc.summarize(loss, torch.ones(3, dtype=torch.float64), 100.0, 18)
+    assert rows[0]["llc_mean"] == pytest.approx(-1e-4, rel=0.05)
+    assert rows[0]["llc_mean"] + 2 * rows[0]["llc_sem"] < 0  # below w*, beyond its noise ...
+    assert rows[0]["state"] == "healthy"  # ... but not by a measurable LLC
+    assert rows[1]["state"] == "not_at_minimum"
+    assert "-0.05" in rows[1]["reason"]
+    assert rows[2]["state"] == "healthy"
+
+
 # ---------------------------------------------------------------------------------------------
 # (5) chunk independence
 

@@ -10,9 +10,11 @@ first that applies, in this order:
                     non-finite or exceeded DIVERGENCE_FACTOR x max(init loss, LOSS_FLOOR) (the
                     engines freeze such a chain at w* and record NaN draws; the llc is over the
                     remaining chains)
-    not_at_minimum  the chains descend below the checkpoint's loss (llc mean + 2 sem < 0): w* is
-                    not a local minimum (early training), so there is no basin to measure. The
-                    report draws these apart and the transition detector skips them.
+    not_at_minimum  the chains descend below the checkpoint's loss by more than the LLC's
+                    resolution (llc mean + 2 sem < -LLC_RESOLUTION): w* is not a local minimum
+                    (early training), so there is no basin to measure. The report draws these
+                    apart and the transition detector skips them. A smaller descent is an LLC of
+                    0 to within the resolution (a flat basin: a dead or saturated model).
     implausible     llc mean - 2 sem > 1.1 d/2, above the largest learning coefficient a
                     d-parameter model can have: eps too large, or chains escaped the basin
     unconverged     the loss trace after burn-in has not settled (devtms.llc.convergence):
@@ -38,6 +40,8 @@ Tensor = torch.Tensor
 
 DIVERGENCE_FACTOR = 1e6  # a chain diverged once its minibatch loss exceeds this x init loss ...
 LOSS_FLOOR = 1e-6  # ... or this x DIVERGENCE_FACTOR, whichever is larger
+LLC_RESOLUTION = 0.05  # a tenth of the smallest step between learning coefficients (1/2, one
+# regular parameter): a descent below w*'s loss worth less than this is no evidence of a saddle
 ABOVE_MAX_FACTOR = 1.1  # flag an llc more than 10% (and 2 sem) above d/2 (SGLD's bias is smaller)
 RHAT_MAX = 1.05  # split R-hat of the loss trace over chains
 ESS_MIN = 100.0  # bulk effective sample size of the loss trace, all chains pooled
@@ -123,9 +127,9 @@ def _state(init: float, k: int, C: int, mean: float, sem: float, n_params: int, 
     if k < C:
         return "diverged", [f"diverged: {C - k} of {C} chains (non-finite or exploding "
                             f"loss){'; llc over the rest' if k else ''}"]
-    if k > 1 and mean + 2 * sem < 0:
+    if k > 1 and mean + 2 * sem < -LLC_RESOLUTION:
         return "not_at_minimum", ["not at a local minimum: the chains descend below the "
-                                  "checkpoint's loss (llc mean + 2 sem < 0)"]
+                                  f"checkpoint's loss (llc mean + 2 sem < -{LLC_RESOLUTION:g})"]
     if k > 1 and mean - 2 * sem > ABOVE_MAX_FACTOR * n_params / 2:
         return "implausible", [f"llc above d/2 = {n_params / 2:g}, the largest possible: eps "
                                "too large or chains escaped"]
