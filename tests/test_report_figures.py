@@ -180,3 +180,24 @@ def test_the_report_of_two_runs_overlays_loss_and_llc_per_condition(runs, tmp_pa
     assert result.returncode == 0, result.stderr
     figures = {p.stem for p in (tmp_path / "compare_figures").glob("*.png")}
     assert {"compare_finals", "compare_loss_grid", "compare_llc_grid"} <= figures
+
+
+def test_a_pdf_embeds_one_truetype_subset_and_no_type3_font():
+    """Journals refuse Type 3 fonts; a second subset of the same font (glyphs past the first 256
+    codes, or ligatures) costs a second fontTools pass. Text with ligature pairs (ff, fi), a
+    unicode minus, an arrow and superscripts embeds DejaVu Sans once, as TrueType."""
+    from devtms.report.figures.render import figure_bytes
+    from devtms.report.figures.style import styled
+
+    @styled
+    def build() -> Figure:
+        fig = Figure(figsize=(3, 2))
+        ax = fig.add_subplot()
+        ax.plot([-1, 1], [-2, 3])
+        ax.set_title("off the final fit: 4 → 5, 10³, −0.5")
+        ax.legend(["flagged"])
+        return fig
+
+    pdf = figure_bytes(build(), "pdf", creator="test")
+    assert b"/Type3" not in pdf
+    assert pdf.count(b"/FontFile2") == 1  # one embedded TrueType program

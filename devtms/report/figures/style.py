@@ -27,7 +27,7 @@ RC = {
     "font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9, "xtick.labelsize": 8,
     "ytick.labelsize": 8, "legend.fontsize": 8, "figure.titlesize": 12, "axes.spines.top": False,
     "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.25, "grid.linewidth": 0.6,
-    "pdf.fonttype": 42, "svg.fonttype": "none", "figure.dpi": 100,
+    "pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none", "figure.dpi": 100,
     "axes.titlelocation": "left",
 }
 
