@@ -106,6 +106,32 @@ def test_critical_points_order_and_count():
     assert theory.critical_point("2++++", 6) is None
 
 
+@pytest.mark.parametrize("label, rank", [("6", 17), ("5+", 17), ("5-", 14), ("4++", 17),
+                                         ("4+-", 16), ("4--", 15)])
+def test_hessian_rank_at_the_critical_points(label, rank):
+    """What the quadratic picture says, beside the count (3c - 1 - 3 dead) / 2: the rank of the
+    exact loss's Hessian (symmetric differences of its exact gradient; the 4-gons sit on ReLU
+    kinks). 6, 5+, 5- and 4++ agree with the count (rank / 2 = 8.5, 8.5, 7.0, 8.5). At 4+- and
+    4-- they do not (8.0 and 7.5 against 7.0 and 5.5): the vertices' biases are exactly 0
+    there, so moving a dead feature's W_i moves the vertices' outputs off their kink, and W_i
+    is not locally irrelevant as the count assumes."""
+    point = theory.critical_point(label, 6)
+    x0 = torch.cat([point.W.flatten(), point.b])
+
+    def grad(x: torch.Tensor) -> torch.Tensor:
+        x = x.clone().requires_grad_(True)
+        loss = theory.population_loss(x[:12].reshape(2, 6), x[12:])
+        return torch.autograd.grad(loss, x)[0]
+
+    h = 1e-5
+    H = torch.stack([(grad(x0 + h * e) - grad(x0 - h * e)) / (2 * h)
+                     for e in torch.eye(18, dtype=x0.dtype)])
+    eig = torch.linalg.eigvalsh((H + H.T) / 2)
+    assert int((eig < -1e-6).sum()) == 0  # a minimum to second order
+    assert int((eig > 1e-6).sum()) == rank
+    assert eig[eig > 1e-6].min() > 1e-2  # the gap: nothing is nearly flat
+
+
 # ---------------------------------------------------------------------------------------------
 # The sampler and its classifier
 

@@ -18,7 +18,10 @@ parameter count of the learning coefficient at such a point: d = 3c parameters, 
 the rotation, minus the 3 of each dead feature (W_i and b_i are locally irrelevant), halved.
 Chen et al. derive it for c = 6: 6-gon 8.5, 5+ 8.5, 5- 7.0. (The best 3- and 4-gons have a
 vertex bias of exactly 0, every vertex's ReLU on its kink; the count is given for them too,
-but devtms's SGLD estimates there fall far below it: 4.9 at 4++ against 8.5.)
+but it is unverified there. The exact loss's Hessian rank / 2 agrees with it at 6, 5+, 5- and
+4++, and exceeds it at 4+- (8.0 against 7.0) and 4-- (7.5 against 5.5): with the vertex
+biases at 0, a dead feature's W_i is not locally irrelevant. devtms's SGLD estimates at the
+4-gons fall far below both: 4.5-4.9 at 4++, tests/test_bayes.py.)
 
 Shapes: W (..., 2, c), b (..., c), importance (c,) or (..., c).
 """
