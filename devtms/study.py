@@ -60,10 +60,11 @@ def run_study(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
         request = build_request(run, device=device)
         summary = run_llc(run, request, executor, progress=progress, threads=threads)
         states = f" ({summary.state_counts})" if summary.unhealthy else ""
+        # the health of what was computed now (the rest is in llc.csv)
+        health = f", {summary.unhealthy} of them not healthy{states}" if summary.computed else ""
         where = f"; in {summary.executor}" if summary.executor else ""
         return (f"setting {request.params.tag(request.engine)}: {summary.computed} estimates "
-                f"computed, {summary.already_done} already done, {summary.unhealthy} not "
-                f"healthy{states}{where}")
+                f"computed{health}, {summary.already_done} already done{where}")
 
     def analyze() -> str:
         analyzed = analyze_run(run, progress=progress, llc_setting=llc_setting)
