@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import threading
@@ -161,6 +162,19 @@ def forkserver() -> multiprocessing.context.ForkServerContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(WORKER_PRELOAD)
     return context
+
+
+def start_forkserver() -> None:
+    """Start the forkserver now, where a pool will be wanted soon on several cores.
+
+    The forkserver's imports (torch, matplotlib) take ~2 s. Started first thing, they run on
+    another core while this process does its own; the pool started later forks its workers
+    at once. `devtms report` starts it so. Where it would be wasted (every figure unchanged,
+    bad input) it exits with this process. Nothing to do on one core, or where it runs.
+    """
+    if usable_cores() > 1:
+        forkserver()  # the preload list
+        multiprocessing.forkserver.ensure_running()
 
 
 def _start_process_worker(driver: int) -> None:

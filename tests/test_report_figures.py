@@ -201,3 +201,77 @@ def test_a_pdf_embeds_one_truetype_subset_and_no_type3_font():
     pdf = figure_bytes(build(), "pdf", creator="test")
     assert b"/Type3" not in pdf
     assert pdf.count(b"/FontFile2") == 1  # one embedded TrueType program
+
+
+def _ink_box(fig: Figure) -> tuple[int, int, int, int]:
+    """The bounding box (rows, columns) of the non-white pixels of a drawn figure."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+    rows, cols = np.nonzero((rgb < 200).any(axis=-1))
+    return rows.min(), rows.max(), cols.min(), cols.max()
+
+
+@pytest.mark.parametrize("text", ["3", "11", "−", "o"])
+def test_a_glyph_marker_draws_its_text_at_the_text_size_and_place(text):
+    """Feature numbers and bias marks are markers shaped like their text (one artist for many):
+    each must cover the same pixels as the text drawn centred there, within a pixel."""
+    from devtms.report.figures.geometry import Glyph, draw_glyphs
+
+    def one(draw) -> tuple[int, int, int, int]:
+        fig = Figure(figsize=(1, 1), dpi=200)
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.set_axis_off()
+        ax.set_xlim(-1, 1)
+        ax.set_ylim(-1, 1)
+        draw(ax)
+        return _ink_box(fig)
+
+    # the text's ink centred on (0, 0): centre its box, as the marker centres its path
+    text_box = one(lambda ax: ax.text(0, 0, text, fontsize=14, color="black", ha="center",
+                                      va="center"))
+    marker_box = one(lambda ax: draw_glyphs(ax, [Glyph(text, 0.0, 0.0, "black", 14, 1)]))
+    text_h, text_w = text_box[1] - text_box[0], text_box[3] - text_box[2]
+    marker_h, marker_w = marker_box[1] - marker_box[0], marker_box[3] - marker_box[2]
+    assert abs(marker_h - text_h) <= 1 and abs(marker_w - text_w) <= 1
+    # in the same place across: the text centres its advance box and Agg snaps a marker to a
+    # pixel centre, so a pixel or two apart at this size (under one at the report's 7 pt)
+    assert abs((marker_box[2] + marker_box[3]) / 2 - (text_box[2] + text_box[3]) / 2) <= 3
+
+
+def test_a_row_of_snapshots_draws_each_as_it_looks_on_axes_of_its_own():
+    """A condition figure draws a seed's k-gon snapshots on one axes (one axes per snapshot
+    was half its drawing time): each must look as on its own axes of the same size."""
+    from devtms.report.figures.geometry import (
+        Snapshot,
+        kgon_axes,
+        kgon_row_axes,
+        snapshot_radius,
+    )
+
+    angles = np.linspace(0, 2 * np.pi, 6, endpoint=False)
+    pentagon = np.stack([np.cos(angles), np.sin(angles)])
+    pentagon[:, 5] *= 0.2  # feature 5 inside the hull
+    snaps = [Snapshot(0, 0.5 * pentagon, np.full(6, -0.1), "init"),
+             Snapshot(10, pentagon, np.array([-0.1] * 5 + [0.3]), "end")]
+    radius = snapshot_radius(snaps)
+    size, gap, dpi = 1.5, 0.5, 100
+    pitch = (size + gap) * 2 * radius / size  # data units between snapshot centres
+
+    row = Figure(figsize=(2 * size + gap, size), dpi=dpi)
+    labels = kgon_row_axes(row.add_axes((0, 0, 1, 1)), snaps, "C0", radius, pitch)
+    row_canvas = FigureCanvasAgg(row)
+    row_canvas.draw()
+    row_px = np.asarray(row_canvas.buffer_rgba())[..., :3].astype(int)
+    assert len(row.axes) == 1
+
+    for c, snap in enumerate(snaps):
+        alone = Figure(figsize=(size, size), dpi=dpi)
+        assert kgon_axes(alone.add_axes((0, 0, 1, 1)), snap.W, snap.b, "C0", radius) == labels[c]
+        canvas = FigureCanvasAgg(alone)
+        canvas.draw()
+        alone_px = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+        x0 = round(c * (size + gap) * dpi)
+        part = row_px[:, x0 : x0 + alone_px.shape[1]]
+        differs = (np.abs(part - alone_px).max(axis=-1) > 60).mean()
+        assert differs < 0.01, f"snapshot {c}: {differs:.1%} of its pixels differ"

@@ -79,6 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from devtms.executors import start_forkserver
+    start_forkserver()  # the figure workers' imports, beside this process's own
     from devtms.report import check_out, default_out, load_run, write_report
     from devtms.store import check_writable, lock_dir
 

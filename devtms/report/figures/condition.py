@@ -27,7 +27,7 @@ from devtms.report.figures.axes import (
     octave_axis,
     step_axis,
 )
-from devtms.report.figures.geometry import Snapshot, gram_axes, kgon_axes, snapshot_radius
+from devtms.report.figures.geometry import Snapshot, gram_axes, kgon_row_axes, snapshot_radius
 from devtms.report.figures.layout import inches
 from devtms.report.figures.style import (
     DIVERGED_COLOR,
@@ -213,18 +213,30 @@ def _snapshot_rows(fig: Figure, tracks: list[SeedTrack], color: str, m: int, n_s
              va="top", fontsize=9, color="#333333", wrap=True)
     y = top + 0.35
     for t in tracks:
-        radius = snapshot_radius(t.snapshots)
         fig.text(0.01, 1 - (y + 0.5 + size / 2) / H, f"seed {t.seed}", va="center", fontsize=9,
                  rotation=90)
-        for c, snap in enumerate(t.snapshots):
-            x0 = left + c * pitch
-            ax = fig.add_axes(inches(fig, x0, y + 0.5, size, size))
-            if m == 2:
-                label = kgon_axes(ax, snap.W, snap.b, color, radius)
-                head = f"step {snap.step}: {label}"
-            else:
+        if m == 2:
+            _kgon_row(fig, t.snapshots, color, left, y + 0.5, size, pitch)
+        else:
+            for c, snap in enumerate(t.snapshots):
+                x0 = left + c * pitch
+                ax = fig.add_axes(inches(fig, x0, y + 0.5, size, size))
                 gram_axes(ax, fig.add_axes(inches(fig, x0 + size + 0.08, y + 0.5, bar_w, size)),
                           snap.W)
-                head = f"step {snap.step}"
-            ax.set_title(f"{head}\n{snap.caption}", fontsize=7.5, loc="left", pad=3)
+                ax.set_title(f"step {snap.step}\n{snap.caption}", fontsize=7.5, loc="left",
+                             pad=3)
         y += 0.5 + size
+
+
+def _kgon_row(fig: Figure, snaps: list[Snapshot], color: str, left: float, top: float,
+              size: float, pitch: float) -> None:
+    """One seed's k-gon snapshots on one axes `top` inches from the figure's top, each `size`
+    inches square, `pitch` inches apart, captioned above."""
+    radius = snapshot_radius(snaps)
+    per_inch = 2 * radius / size
+    ax = fig.add_axes(inches(fig, left, top, (len(snaps) - 1) * pitch + size, size))
+    labels = kgon_row_axes(ax, snaps, color, radius, pitch * per_inch)
+    for c, (snap, label) in enumerate(zip(snaps, labels, strict=True)):
+        ax.annotate(f"step {snap.step}: {label}\n{snap.caption}", (c * pitch * per_inch - radius,
+                    radius), xytext=(0, 3), textcoords="offset points", ha="left", va="baseline",
+                    fontsize=7.5, annotation_clip=False)

@@ -7,8 +7,10 @@ there (devtms.report.snapshots makes them).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,6 +19,8 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Polygon
+from matplotlib.path import Path
+from matplotlib.textpath import TextPath
 
 from devtms import geometry as geo
 from devtms.report.figures.layout import Margins, Panel, grid_figure, grid_shape, grid_title, hide_unused
@@ -48,56 +52,132 @@ def snapshot_radius(snaps: list[Snapshot]) -> float:
 
 def kgon_axes(ax: Axes, W: np.ndarray, b: np.ndarray | None, color: str, radius: float,
               numbers: bool = True) -> str:
-    """Draw an m = 2 instance: its k-gon, its feature vectors, the off-polygon bias marks
-    (devtms.geometry.bias_mark: +, − or o, circled).
+    """Draw an m = 2 instance on axes of its own (see `draw_kgon`). -> its k-gon label"""
+    _bare_square(ax, (-radius, radius), radius)
+    glyphs: list[Glyph] = []
+    label = draw_kgon(ax, W, b, color, radius, glyphs, numbers=numbers)
+    draw_glyphs(ax, glyphs)
+    return label
 
-    W: (2, n), b: (n,) or None. Returns the k-gon label ("5+", "3ooo"). Vertices come from
-    devtms.geometry.kgon.
+
+def kgon_row_axes(ax: Axes, snaps: list[Snapshot], color: str, radius: float, pitch: float
+                  ) -> list[str]:
+    """Draw snapshots side by side on one axes, `pitch` data units apart, the first at x = 0.
+
+    One axes for a row instead of one per snapshot: a condition figure draws about half as
+    fast with a dozen little axes, each with its own ticks, spines and titles to lay out.
+    The caller sizes the axes to the row: (len(snaps) - 1) pitch + 2 radius wide, 2 radius high,
+    at equal aspect. -> the snapshots' k-gon labels
     """
-    n = W.shape[1]
-    Wt = torch.as_tensor(W, dtype=torch.float64)[None]
-    bt = None if b is None else torch.as_tensor(b, dtype=torch.float64)[None]
+    _bare_square(ax, (-radius, (len(snaps) - 1) * pitch + radius), radius)
+    glyphs: list[Glyph] = []
+    labels = [draw_kgon(ax, s.W, s.b, color, radius, glyphs, center=c * pitch)
+              for c, s in enumerate(snaps)]
+    draw_glyphs(ax, glyphs)
+    return labels
+
+
+def _bare_square(ax: Axes, xlim: tuple[float, float], radius: float) -> None:
+    """Equal aspect, y from -radius to radius, no ticks, grid or spines."""
     ax.set_aspect("equal")
-    ax.set_xlim(-radius, radius)
+    ax.set_xlim(*xlim)
     ax.set_ylim(-radius, radius)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.grid(False)
     for s in ax.spines.values():
         s.set_visible(False)
-    ax.axhline(0, color="#e6e6e6", lw=0.6, zorder=0)
-    ax.axvline(0, color="#e6e6e6", lw=0.6, zorder=0)
+
+
+def draw_kgon(ax: Axes, W: np.ndarray, b: np.ndarray | None, color: str, radius: float,
+              glyphs: list[Glyph], center: float = 0.0, numbers: bool = True) -> str:
+    """Draw an m = 2 instance centred at (center, 0): its k-gon, its feature vectors, the
+    off-polygon bias marks (devtms.geometry.bias_mark: +, − or o, circled), faint axes
+    `radius` long and, when `numbers` (and n <= 12), each W_i's index beyond its tip. The
+    marks' and numbers' characters are appended to `glyphs` for `draw_glyphs`.
+
+    W: (2, n), b: (n,) or None. Returns the k-gon label ("5+", "3ooo"). Vertices come from
+    devtms.geometry.kgon.
+    """
+    n = W.shape[1]
+    ax.plot([center - radius, center + radius, np.nan, center, center],
+            [0, 0, np.nan, -radius, radius], color="#e6e6e6", lw=0.6, zorder=0)
     if not np.all(np.isfinite(W)):
-        ax.text(0, 0, "non-finite\nweights", ha="center", va="center", color=DIVERGED_COLOR)
+        ax.text(center, 0, "non-finite\nweights", ha="center", va="center",
+                color=DIVERGED_COLOR)
         return "diverged"
+    Wt = torch.as_tensor(W, dtype=torch.float64)[None]
+    bt = None if b is None else torch.as_tensor(b, dtype=torch.float64)[None]
     poly = geo.kgon(Wt, bt)
     verts = [int(v) for v in str(poly.vertices[0]).split()]
     rep = geo.represented(Wt)[0].numpy()
+    x, y = W[0] + center, W[1]  # the tips of the W_i
     if len(verts) >= 3:
-        ax.add_patch(Polygon(W[:, verts].T, closed=True, fc=color, alpha=0.15, ec=color, lw=1.4,
-                             zorder=1))
+        ax.add_patch(Polygon(np.stack([x[verts], y[verts]], axis=1), closed=True, fc=color,
+                             alpha=0.15, ec=color, lw=1.4, zorder=1))
     elif len(verts) == 2:
-        ax.plot(W[0, verts], W[1, verts], color=color, lw=1.4, zorder=1)
+        ax.plot(x[verts], y[verts], color=color, lw=1.4, zorder=1)
     fcols = feature_colors(n)
     alpha = np.where(rep, 1.0, 0.5)
     rgba = [to_rgba(fcols[j], alpha[j]) for j in range(n)]
-    ax.quiver(np.zeros(n), np.zeros(n), W[0], W[1], color=rgba, angles="xy", scale_units="xy",
-              scale=1, width=0.022, headwidth=3.2, headlength=4, headaxislength=3.6, zorder=3)
+    ax.quiver(np.full(n, center), np.zeros(n), W[0], W[1], color=rgba, angles="xy",
+              scale_units="xy", scale=1, width=0.022 * 2 * radius / _width(ax), headwidth=3.2,
+              headlength=4, headaxislength=3.6, zorder=3)
     for j in range(n):
-        x, y = W[0, j], W[1, j]
         off_poly = j not in verts and b is not None
         if off_poly:
             sign = geo.bias_mark(float(b[j])) or "o"  # the mark its label gives it
-            ax.plot(x, y, "o", mfc="white", mec=BIAS_COLOR[sign], ms=9, mew=1.3, zorder=4)
-            ax.text(x, y, "−" if sign == "-" else sign, ha="center", va="center_baseline",
-                    fontsize=8, color=BIAS_COLOR[sign], zorder=5)
+            ax.plot(x[j], y[j], "o", mfc="white", mec=BIAS_COLOR[sign], ms=9, mew=1.3, zorder=4)
+            glyphs.append(Glyph("−" if sign == "-" else sign, x[j], y[j], BIAS_COLOR[sign], 8, 5))
         if numbers and n <= 12:
-            r = math.hypot(x, y)
-            ux, uy = (x / r, y / r) if r > 1e-9 else (0.0, 1.0)
+            r = math.hypot(W[0, j], W[1, j])
+            ux, uy = (W[0, j] / r, W[1, j] / r) if r > 1e-9 else (0.0, 1.0)
             off = 0.12 * radius + (0.06 * radius if off_poly else 0)
-            ax.text(x + ux * off, y + uy * off, str(j), ha="center", va="center", fontsize=7,
-                    color=fcols[j], zorder=6)
+            glyphs.append(Glyph(str(j), x[j] + ux * off, y[j] + uy * off, fcols[j], 7, 6))
     return str(poly.label[0])
+
+
+class Glyph(NamedTuple):
+    """A short string to draw centred on (x, y) at a font size, in a colour, at a zorder."""
+
+    text: str
+    x: float
+    y: float
+    color: str
+    size: float
+    zorder: float
+
+
+def draw_glyphs(ax: Axes, glyphs: list[Glyph]) -> None:
+    """Draw short strings (feature numbers, bias marks) as markers shaped like the text, one
+    artist for each distinct string, colour, size and zorder.
+
+    A snapshot row has dozens of them; as Text objects each would be laid out and rendered
+    glyph by glyph, a third of a condition figure's drawing time. As markers they are one
+    path each, stamped where needed; in a PDF they are vector outlines of the same font.
+    """
+    groups: dict[tuple[str, str, float, float], list[tuple[float, float]]] = {}
+    for g in glyphs:
+        groups.setdefault((g.text, g.color, g.size, g.zorder), []).append((g.x, g.y))
+    for (text, color, size, zorder), points in groups.items():
+        path, extent = _glyph_marker(text, size)
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, ls="none", marker=path, ms=extent, mew=0, color=color, zorder=zorder)
+
+
+@functools.lru_cache(maxsize=256)
+def _glyph_marker(text: str, size: float) -> tuple[Path, float]:
+    """`text` at font size `size` as a marker path centred on its ink, and its marker size
+    (the larger side of the ink, in points: a path marker is scaled to that)."""
+    outline = TextPath((0, 0), text, size=size)
+    lo, hi = outline.vertices.min(axis=0), outline.vertices.max(axis=0)
+    return Path(outline.vertices - (lo + hi) / 2, outline.codes), float(max(hi - lo))
+
+
+def _width(ax: Axes) -> float:
+    """The axes' width in data units (quiver widths are fractions of it)."""
+    lo, hi = ax.get_xlim()
+    return hi - lo
 
 
 def gram_axes(ax_heat: Axes, ax_bars: Axes, W: np.ndarray) -> None:

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from devtms.report.figures.axes import (
     common_loss_limits,
+    joined_by_nan,
     llc_curve,
     llc_ylim,
     loss_axis,
@@ -45,13 +46,13 @@ def loss_grid(curves: pd.DataFrame, panels: list[Panel], max_step: int, title: s
     first = curves["step"] == curves["step"].min()
     lo, hi = common_loss_limits(curves["loss"].to_numpy(float),
                                 curves.loc[first, "loss"].to_numpy(float))
-    medians = {k: g.groupby("step")["loss"].median() for k, g in curves.groupby("condition")}
+    medians = [g.groupby("step")["loss"].median() for _, g in curves.groupby("condition")]
+    grey_x, grey_y = joined_by_nan([(m.index, m.to_numpy()) for m in medians])
     seeds = sorted({s for p in panels for s in p.seeds})
     dash = {s: i for i, s in enumerate(seeds)}
     by_cond = dict(tuple(curves.groupby("condition")))
     for ax, panel in zip(axes.flat, panels, strict=False):
-        for med in medians.values():
-            ax.plot(med.index, med.to_numpy(), color="#d0d0d0", lw=0.5, zorder=1)
+        ax.plot(grey_x, grey_y, color="#d0d0d0", lw=0.5, zorder=1)
         st = style(panel.activation)
         data = by_cond.get(panel.key)
         if data is not None:

@@ -32,6 +32,7 @@ PNG_DPI = 110  # PDFs keep the figure's dpi: it only sets the resolution of embe
 # ligatures off and RC's "ps.fonttype" 42 (which sizes matplotlib's PDF font subsets too), every
 # figure embeds one subset.
 NO_LIGATURES = ("-liga",)
+PNG_COMPRESSION = 1  # zlib level of the full-size PNGs: 30% faster to write than PIL's 6, 10% larger
 PAGE_COLORS = 128  # the page's copy of a PNG: a palette of this many colours (about 1/3.5 the bytes)
 
 
@@ -46,7 +47,8 @@ def figure_bytes(fig: Figure, fmt: str, *, creator: str, dpi: int | None = None)
         text.set_fontfeatures(NO_LIGATURES)
     buffer = io.BytesIO()
     with matplotlib.rc_context(RC):
-        fig.savefig(buffer, format=fmt, dpi="figure" if dpi is None else dpi, metadata=metadata)
+        fig.savefig(buffer, format=fmt, dpi="figure" if dpi is None else dpi, metadata=metadata,
+                    **({"pil_kwargs": {"compress_level": PNG_COMPRESSION}} if fmt == "png" else {}))
     return buffer.getvalue()
 
 

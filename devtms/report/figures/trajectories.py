@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from devtms.report.figures.axes import common_loss_limits, llc_ylim, log_axis
+from devtms.report.figures.axes import common_loss_limits, joined_by_nan, llc_ylim, log_axis
 from devtms.report.figures.layout import Panel, inches
 from devtms.report.figures.style import Style, condition_styles, style, styled
 
@@ -47,6 +47,7 @@ def llc_vs_loss(traj: pd.DataFrame, panels: list[Panel], title: str) -> Figure:
         r, c = divmod(k, fcols)
         ax = fig.add_axes(inches(fig, 0.8 + c * (fam_w + 0.45), top + r * (fam_h + 0.8), fam_w,
                                  fam_h))
+        others = []
         for panel in panels:
             d = by_cond.get(panel.key)
             if d is None:
@@ -54,7 +55,8 @@ def llc_vs_loss(traj: pd.DataFrame, panels: list[Panel], title: str) -> Figure:
             if styles[panel.key].family == family:
                 _trajectory(ax, d, styles[panel.key], lw=1.2, zorder=3)
             else:
-                ax.plot(d["loss"], d["llc_mean"], color="#dddddd", lw=0.7, zorder=1)
+                others.append((d["loss"], d["llc_mean"]))
+        ax.plot(*joined_by_nan(others), color="#dddddd", lw=0.7, zorder=1)
         _traj_axes(ax, traj, labels=False)
         ax.set_title(family)
         if c == 0:
