@@ -3,6 +3,7 @@ instances are independent (a shard trains exactly as it would in the whole batch
 
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -204,3 +205,34 @@ def test_compiled_training_matches_eager_and_resumes_exactly():
     for _ in range(20):
         resumed.train_step()
     assert torch.equal(resumed.W, compiled.W) and torch.equal(resumed.b, compiled.b)
+
+
+@pytest.mark.slow
+def test_compiled_kernels_are_kept_in_the_users_cache_directory(tmp_path):
+    """The compile cache leaves the temp directory (emptied at boot on many systems) for
+    $XDG_CACHE_HOME/devtms/torchinductor, and TORCHINDUCTOR_CACHE_DIR, where set, wins.
+    Two cold compiles: ~25 s."""
+    from devtms.compiling import compile_available
+
+    if not compile_available():
+        pytest.skip("torch.compile needs a C++ compiler")
+    program = ("import os, torch\n"
+               "from devtms.compiling import compile_once\n"
+               "f = compile_once('test-cache', lambda: torch.compile(lambda x: x * 2 + 1))\n"
+               "assert f(torch.ones(3)).tolist() == [3.0, 3.0, 3.0]\n"
+               "print(os.environ['TORCHINDUCTOR_CACHE_DIR'])\n")
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    out = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    kept = tmp_path / "xdg" / "devtms" / "torchinductor"
+    assert out.stdout.strip() == str(kept)
+    assert any(kept.rglob("*.so")), "no compiled kernel in the cache directory"
+
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "chosen")
+    out = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tmp_path / "chosen")
+    assert any((tmp_path / "chosen").rglob("*.so"))
