@@ -66,7 +66,7 @@ def minor_tick_marks(ax: Axes, steps: list[float]) -> None:
 def joined_by_nan(lines: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Several (x, y) polylines as one, broken by NaNs: drawn as one artist, they look the same
     where they share a style (the grey background curves of a grid: one line per panel instead
-    of one per condition, half a grid's build and draw time)."""
+    of one per condition, a fifth of loss_grid's time)."""
     if not lines:
         return np.empty(0), np.empty(0)
     xs, ys = zip(*((np.append(np.asarray(x, float), np.nan), np.append(np.asarray(y, float),
