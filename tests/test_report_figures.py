@@ -275,3 +275,34 @@ def test_a_row_of_snapshots_draws_each_as_it_looks_on_axes_of_its_own():
         part = row_px[:, x0 : x0 + alone_px.shape[1]]
         differs = (np.abs(part - alone_px).max(axis=-1) > 60).mean()
         assert differs < 0.01, f"snapshot {c}: {differs:.1%} of its pixels differ"
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_every_text_of_a_condition_figure_lies_inside_it(m):
+    """Snapshot rows end at the figure's bottom edge: for m > 2 the norm bars' tick labels
+    under the last row were cut off. Every visible text must lie inside the figure."""
+    import pandas as pd
+    from matplotlib.text import Text
+
+    from devtms.report.figures.condition import SeedTrack, condition_figure
+    from devtms.report.figures.geometry import Snapshot
+
+    rng = np.random.default_rng(0)
+    steps = np.array([0, 10, 100, 1000])
+    events = pd.DataFrame(columns=["kind", "step", "size", "description"])
+    tracks = [SeedTrack(seed, seed, pd.DataFrame({"step": steps, "loss": [0.05, 0.04, 0.02, 0.01]}),
+                        None, pd.DataFrame({"step": steps, "k_gon": np.nan, "k_gon_label": "",
+                                            "dims_per_feature": [1, 0.8, 0.6, 0.5]}),
+                        events, [Snapshot(int(s), rng.normal(size=(m, 6)), rng.normal(size=6),
+                                          "caption") for s in steps])
+              for seed in range(2)]
+    fig = condition_figure("test", "relu", tracks, 1000, m)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    box = fig.bbox
+    for text in fig.findobj(Text):
+        if text.get_visible() and text.get_text():
+            extent = text.get_window_extent(renderer)
+            assert (extent.x0 >= box.x0 - 1 and extent.y0 >= box.y0 - 1
+                    and extent.x1 <= box.x1 + 1 and extent.y1 <= box.y1 + 1), (
+                f"{text.get_text()!r} at {extent.bounds} lies outside the figure")

@@ -73,7 +73,8 @@ def condition_figure(title: str, activation: str, tracks: list[SeedTrack], max_s
     curves_h = 0.8 + sum(heights) + 0.1 * (len(heights) - 1) + 0.5
     snap_w, pair = _snapshot_size(n_snap, m, width - left - right)
     row_h = 0.5 + snap_w  # caption above each snapshot
-    snaps_h = (0.35 + row_h * len(shown) + 0.1) if n_snap else 0.0
+    bottom = 0.3 if m > 2 else 0.1  # m > 2: the norm bars' tick labels under the last row
+    snaps_h = (0.35 + row_h * len(shown) + bottom) if n_snap else 0.0
     fig = Figure(figsize=(width, curves_h + snaps_h))
     axes: list[Axes] = []
     y = 0.8
