@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 from PIL import Image
@@ -52,12 +54,13 @@ def figure_bytes(fig: Figure, fmt: str, *, creator: str, dpi: int | None = None)
     return buffer.getvalue()
 
 
-def page_png(png: bytes) -> bytes:
-    """The copy of a PNG the HTML embeds: same pixels, quantized to PAGE_COLORS colours.
+def page_png(rgba: np.ndarray) -> bytes:
+    """The copy of a figure the HTML embeds: its PNG's pixels (rgba: (height, width, 4) uint8),
+    quantized to PAGE_COLORS colours.
 
     Plots are mostly flat colour with antialiased edges: a palette keeps them sharp and the
     page small; the full-colour PNG stays in the figures directory."""
-    image = Image.open(io.BytesIO(png)).convert("RGB")
+    image = Image.fromarray(rgba, "RGBA").convert("RGB")
     palette = image.quantize(colors=PAGE_COLORS, method=Image.Quantize.FASTOCTREE,
                              dither=Image.Dither.NONE)
     buffer = io.BytesIO()
@@ -96,7 +99,9 @@ class Rendered:
 def render(job: FigureJob) -> Rendered:
     """Build the job's figure and save it: PNG and PDF, and the page's smaller PNG."""
     fig = job.build(*job.args)
+    FigureCanvasAgg(fig)  # so that the PNG's pixels stay in its buffer for the page's copy
     creator = "devtms report"
     png = figure_bytes(fig, "png", creator=creator, dpi=PNG_DPI)
-    return Rendered(job.stem, png, figure_bytes(fig, "pdf", creator=creator), page_png(png),
-                    job.caption, job.alt)
+    page = page_png(np.asarray(fig.canvas.buffer_rgba()))  # before the PDF draws again
+    return Rendered(job.stem, png, figure_bytes(fig, "pdf", creator=creator), page, job.caption,
+                    job.alt)
