@@ -70,7 +70,9 @@ def kernel_cache_dir() -> Path | None:
     activations27's kernels."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # unset, or relative: which the XDG spec says to ignore
+        base = os.path.join(os.path.expanduser("~"), ".cache")
     path = Path(base) / "devtms" / "torchinductor"
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -236,3 +236,17 @@ def test_compiled_kernels_are_kept_in_the_users_cache_directory(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(tmp_path / "chosen")
     assert any((tmp_path / "chosen").rglob("*.so"))
+
+
+def test_the_kernel_cache_directory_follows_xdg_and_ignores_a_relative_one(tmp_path, monkeypatch):
+    from devtms.compiling import CACHE_ENV, kernel_cache_dir
+
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert kernel_cache_dir() == tmp_path / "xdg" / "devtms" / "torchinductor"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # the XDG spec: ignore it
+    assert kernel_cache_dir() == tmp_path / "home" / ".cache" / "devtms" / "torchinductor"
+    assert kernel_cache_dir().is_dir()
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "chosen"))
+    assert kernel_cache_dir() == tmp_path / "chosen"
