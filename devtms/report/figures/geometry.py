@@ -50,14 +50,9 @@ def snapshot_radius(snaps: list[Snapshot]) -> float:
     return 1.3 * max(max(norms, default=1.0), 1e-3)
 
 
-def kgon_axes(ax: Axes, W: np.ndarray, b: np.ndarray | None, color: str, radius: float,
-              numbers: bool = True) -> str:
+def kgon_axes(ax: Axes, W: np.ndarray, b: np.ndarray | None, color: str, radius: float) -> str:
     """Draw an m = 2 instance on axes of its own (see `draw_kgon`). -> its k-gon label"""
-    _bare_square(ax, (-radius, radius), radius)
-    glyphs: list[Glyph] = []
-    label = draw_kgon(ax, W, b, color, radius, glyphs, numbers=numbers)
-    draw_glyphs(ax, glyphs)
-    return label
+    return kgon_row_axes(ax, [Snapshot(0, W, b, "")], color, radius, pitch=0.0)[0]
 
 
 def kgon_row_axes(ax: Axes, snaps: list[Snapshot], color: str, radius: float, pitch: float
@@ -90,10 +85,10 @@ def _bare_square(ax: Axes, xlim: tuple[float, float], radius: float) -> None:
 
 
 def draw_kgon(ax: Axes, W: np.ndarray, b: np.ndarray | None, color: str, radius: float,
-              glyphs: list[Glyph], center: float = 0.0, numbers: bool = True) -> str:
+              glyphs: list[Glyph], center: float = 0.0) -> str:
     """Draw an m = 2 instance centred at (center, 0): its k-gon, its feature vectors, the
     off-polygon bias marks (devtms.geometry.bias_mark: +, − or o, circled), faint axes
-    `radius` long and, when `numbers` (and n <= 12), each W_i's index beyond its tip. The
+    `radius` long and, for n <= 12, each W_i's index beyond its tip. The
     marks' and numbers' characters are appended to `glyphs` for `draw_glyphs`.
 
     W: (2, n), b: (n,) or None. Returns the k-gon label ("5+", "3ooo"). Vertices come from
@@ -129,7 +124,7 @@ def draw_kgon(ax: Axes, W: np.ndarray, b: np.ndarray | None, color: str, radius:
             sign = geo.bias_mark(float(b[j])) or "o"  # the mark its label gives it
             ax.plot(x[j], y[j], "o", mfc="white", mec=BIAS_COLOR[sign], ms=9, mew=1.3, zorder=4)
             glyphs.append(Glyph("−" if sign == "-" else sign, x[j], y[j], BIAS_COLOR[sign], 8, 5))
-        if numbers and n <= 12:
+        if n <= 12:
             r = math.hypot(W[0, j], W[1, j])
             ux, uy = (W[0, j] / r, W[1, j] / r) if r > 1e-9 else (0.0, 1.0)
             off = 0.12 * radius + (0.06 * radius if off_poly else 0)
@@ -223,7 +218,7 @@ def final_geometry_grid(items: list[tuple[Panel, Snapshot, str]], m: int, title:
     for ax, (panel, snap, note) in zip(axes.flat, items, strict=False):
         st = style(panel.activation)
         if m == 2:
-            kgon_axes(ax, snap.W, snap.b, st.color, snapshot_radius([snap]), numbers=True)
+            kgon_axes(ax, snap.W, snap.b, st.color, snapshot_radius([snap]))
         else:
             _gram_heatmap(ax, snap.W.T @ snap.W)
         ax.set_title(f"{panel.title}\n{note}", fontsize=7.5, color=title_color(st.color),
