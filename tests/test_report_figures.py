@@ -306,3 +306,34 @@ def test_every_text_of_a_condition_figure_lies_inside_it(m):
             assert (extent.x0 >= box.x0 - 1 and extent.y0 >= box.y0 - 1
                     and extent.x1 <= box.x1 + 1 and extent.y1 <= box.y1 + 1), (
                 f"{text.get_text()!r} at {extent.bounds} lies outside the figure")
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_snapshot_captions_of_a_full_row_do_not_run_into_each_other(m):
+    """Seven snapshots a row (the most there are) with long captions: each caption stays left
+    of the next one's start."""
+    import pandas as pd
+    from matplotlib.text import Text
+
+    from devtms.report.figures.condition import SeedTrack, condition_figure
+    from devtms.report.figures.geometry import Snapshot
+    from devtms.report.snapshots import MAX_SNAPSHOTS
+
+    rng = np.random.default_rng(1)
+    steps = np.unique(np.geomspace(1, 3000, MAX_SNAPSHOTS).astype(int))
+    caption = "k-gon 3+++→4++; loss drop; superposed features 3→4"
+    track = SeedTrack(0, 0, pd.DataFrame({"step": steps, "loss": np.linspace(0.05, 0.01, len(steps))}),
+                      None, pd.DataFrame({"step": steps, "k_gon": 4.0, "k_gon_label": "4++",
+                                          "dims_per_feature": 0.5}),
+                      pd.DataFrame(columns=["kind", "step", "size", "description"]),
+                      [Snapshot(int(s), rng.normal(size=(m, 6)), rng.normal(size=6), caption)
+                       for s in steps])
+    fig = condition_figure("test", "relu", [track], 3000, m)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    captions = sorted((t.get_window_extent(renderer) for t in fig.findobj(Text)
+                       if t.get_visible() and t.get_text().startswith("step ")),
+                      key=lambda box: box.x0)
+    assert len(captions) == len(steps)
+    for left, right in zip(captions, captions[1:], strict=False):
+        assert left.x1 < right.x0, f"a caption ends at {left.x1:.0f} px, the next at {right.x0:.0f}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,7 +59,7 @@ def snapshot_steps(data: RunData, instance: int, events: pd.DataFrame) -> list[t
     out = {steps[0]: ["init"] + captions.get(steps[0], []),
            steps[-1]: ["end"] + captions.get(steps[-1], [])}
     out.update({s: captions[s] for s in chosen})
-    return [(s, _wrap("; ".join(out[s][:2]))) for s in sorted(out)]
+    return [(s, "; ".join(out[s][:2])) for s in sorted(out)]  # the figure wraps them
 
 
 def _caption(kind: str, description: str) -> str:
@@ -68,10 +67,6 @@ def _caption(kind: str, description: str) -> str:
     if name is None:
         name = re.sub(r"\s*->\s*", "→", str(description))
     return name
-
-
-def _wrap(text: str) -> str:
-    return "\n".join(textwrap.wrap(text, 26, max_lines=2, placeholder="…"))
 
 
 def _nearest_checkpoint(step: int, steps: Sequence[int]) -> int:

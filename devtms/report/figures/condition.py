@@ -7,6 +7,7 @@ change purple: `EVENT_STYLE`) in the line style of the seed they belong to.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,9 @@ from devtms.report.figures.style import (
     styled,
     title_color,
 )
+
+CAPTION_SIZE = 7.5  # points: the snapshots' captions
+CHAR_WIDTH = 0.62  # of the font size: DejaVu Sans's widest common characters (digits, →, +)
 
 
 @dataclass
@@ -224,8 +228,8 @@ def _snapshot_rows(fig: Figure, tracks: list[SeedTrack], color: str, m: int, n_s
                 ax = fig.add_axes(inches(fig, x0, y + 0.5, size, size))
                 gram_axes(ax, fig.add_axes(inches(fig, x0 + size + 0.08, y + 0.5, bar_w, size)),
                           snap.W)
-                ax.set_title(f"step {snap.step}\n{snap.caption}", fontsize=7.5, loc="left",
-                             pad=3)
+                ax.set_title(f"step {snap.step}\n{_fit(snap.caption, pitch)}", fontsize=CAPTION_SIZE,
+                             loc="left", pad=3)
         y += 0.5 + size
 
 
@@ -238,6 +242,14 @@ def _kgon_row(fig: Figure, snaps: list[Snapshot], color: str, left: float, top: 
     ax = fig.add_axes(inches(fig, left, top, (len(snaps) - 1) * pitch + size, size))
     labels = kgon_row_axes(ax, snaps, color, radius, pitch * per_inch)
     for c, (snap, label) in enumerate(zip(snaps, labels, strict=True)):
-        ax.annotate(f"step {snap.step}: {label}\n{snap.caption}", (c * pitch * per_inch - radius,
+        ax.annotate(f"step {snap.step}: {label}\n{_fit(snap.caption, pitch)}",
+                    (c * pitch * per_inch - radius,
                     radius), xytext=(0, 3), textcoords="offset points", ha="left", va="baseline",
-                    fontsize=7.5, annotation_clip=False)
+                    fontsize=CAPTION_SIZE, annotation_clip=False)
+
+
+def _fit(caption: str, pitch: float) -> str:
+    """A snapshot's caption in at most two lines that fit in `pitch` inches, the space before
+    the next snapshot's caption ("…" where it is cut)."""
+    width = max(8, int(pitch * 72 / (CHAR_WIDTH * CAPTION_SIZE)) - 1)
+    return "\n".join(textwrap.wrap(caption, width, max_lines=2, placeholder="…"))
