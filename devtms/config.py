@@ -29,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from devtms.activation_properties import ALL as ALL_ACTIVATIONS
 from devtms.activation_properties import expand_activation_names
 from devtms.errors import UserError
 
@@ -140,6 +141,22 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class LLCOverride:
+    """[llc.by_activation.NAME]: the SGLD values one activation's instances use instead of
+    [llc]'s (unset ones are [llc]'s). `devtms calibrate --auto` writes these where one setting
+    cannot serve every activation of a run (docs/science.md, section 4.8)."""
+
+    eps: float | None = None
+    gamma: float | None = None
+    draws: int | None = None
+    burnin: int | None = None
+
+    def values(self) -> dict[str, Any]:
+        """The fields that are set."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
 class LLCConfig:
     # The defaults are `devtms calibrate --auto`'s choice on chen2023 and quick (docs/science.md,
     # section 4.7); run `calibrate --auto` on a new setup.
@@ -152,17 +169,28 @@ class LLCConfig:
     batch_size: int = 100  # SGLD minibatch, drawn from the instance's training set
     seed: int = 0
     n_samples: int = 1000  # fresh-data runs only: size of the fixed set the LLC is measured on
+    # activation name -> the values its instances use instead of the ones above
+    by_activation: dict[str, LLCOverride] = field(default_factory=dict)
 
     def check(self) -> None:
-        _require(self.eps > 0 and math.isfinite(self.eps), "llc.eps", self.eps, "a positive number")
-        _require(self.gamma >= 0 and math.isfinite(self.gamma), "llc.gamma", self.gamma, ">= 0")
+        for name, override in self.by_activation.items():
+            dataclasses.replace(self, by_activation={}, **override.values()).check_values(
+                f"llc.by_activation.{name}.")
+        self.check_values("llc.")
+
+    def check_values(self, prefix: str) -> None:
+        """The range checks, naming the fields with `prefix`."""
+        _require(self.eps > 0 and math.isfinite(self.eps), prefix + "eps", self.eps,
+                 "a positive number")
+        _require(self.gamma >= 0 and math.isfinite(self.gamma), prefix + "gamma", self.gamma,
+                 ">= 0")
         if self.n_beta is not None:
-            _require(self.n_beta > 0, "llc.n_beta", self.n_beta, "a positive number")
-        _require(self.chains >= 1, "llc.chains", self.chains, "an integer >= 1")
-        _require(self.draws >= 1, "llc.draws", self.draws, "an integer >= 1")
-        _require(self.burnin >= 0, "llc.burnin", self.burnin, ">= 0")
-        _require(self.batch_size >= 1, "llc.batch_size", self.batch_size, "an integer >= 1")
-        _require(self.n_samples >= 2, "llc.n_samples", self.n_samples, "an integer >= 2")
+            _require(self.n_beta > 0, prefix + "n_beta", self.n_beta, "a positive number")
+        _require(self.chains >= 1, prefix + "chains", self.chains, "an integer >= 1")
+        _require(self.draws >= 1, prefix + "draws", self.draws, "an integer >= 1")
+        _require(self.burnin >= 0, prefix + "burnin", self.burnin, ">= 0")
+        _require(self.batch_size >= 1, prefix + "batch_size", self.batch_size, "an integer >= 1")
+        _require(self.n_samples >= 2, prefix + "n_samples", self.n_samples, "an integer >= 2")
 
 
 @dataclass(frozen=True)
@@ -184,6 +212,11 @@ class RunConfig:
                      f"'xavier' when model.n_hidden = {self.model.n_hidden} (a k-gon lives in 2-d)")
             _require(self.train.init_kgon_k <= self.model.n_features, "train.init_kgon_k",
                      self.train.init_kgon_k, f"<= model.n_features = {self.model.n_features}")
+        for name in self.llc.by_activation:  # one the run does not train is harmless (a
+            # preset's activations narrowed), a name that is no activation is a mistake
+            if name not in ALL_ACTIVATIONS:
+                raise UserError(f"llc.by_activation.{name}: {name!r} is not an activation; "
+                                f"choose from {', '.join(ALL_ACTIVATIONS)}")
         if self.train.init_bias_std > 0:
             _require(self.model.bias, "train.init_bias_std", self.train.init_bias_std,
                      "0 when model.bias = false")
@@ -348,6 +381,14 @@ def _build(cls: type, body: dict[str, Any], section: str):
 
 def _coerce(value: Any, hint: Any, name: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):  # a sub-table
+        if not isinstance(value, dict):
+            raise UserError(f"{name}: expected a table, got {value!r}")
+        return _build(hint, value, name)
+    if origin is dict:  # a table of sub-tables, keyed by name
+        if not isinstance(value, dict):
+            raise UserError(f"{name}: expected a table, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{name}.{k}") for k, v in value.items()}
     if origin is tuple:  # swept field: a list, or one value
         items = value if isinstance(value, list) else [value]
         return tuple(_coerce(v, args[0], name) for v in items)

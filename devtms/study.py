@@ -63,7 +63,7 @@ def run_study(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
         # the health of what was computed now (the rest is in llc.csv)
         health = f", {summary.unhealthy} of them not healthy{states}" if summary.computed else ""
         where = f"; in {summary.executor}" if summary.executor else ""
-        return (f"setting {request.params.tag(request.engine)}: {summary.computed} estimates "
+        return (f"setting {request.settings.id}: {summary.computed} estimates "
                 f"computed{health}, {summary.already_done} already done{where}")
 
     def analyze() -> str:

@@ -182,7 +182,7 @@ def test_llc_csv_is_picked_up_and_loss_drops_meet_planted_llc_rises(analyzed, tm
     llc_mean = 3.0 + rng.normal(0, 0.02, len(geo))
     for drop in drops.itertuples():
         llc_mean += 1.5 * ((geo["instance"] == drop.instance) & (geo["step"] >= drop.step))
-    active = llc_active_setting(RunDir.open(run))  # planted at the setting analyze reads
+    active = llc_active_setting(RunDir.open(run)).default  # planted at the setting analyze reads
     llc = pd.DataFrame({
         "instance": geo["instance"], "step": geo["step"], "llc_mean": llc_mean,
         "llc_std": 0.06, "llc_sem": 0.02, "init_loss": 0.01, "healthy": True, "state": "healthy",

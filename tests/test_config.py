@@ -1,5 +1,7 @@
 """Configs: presets load, bad configs fail naming the field, the instance table is the sweep."""
 
+import dataclasses
+
 import pytest
 
 from devtms.activations import ALL
@@ -78,6 +80,14 @@ BAD = [
     (tiny_config(llc={"chains": 0}).raw, "llc.chains = 0"),
     (tiny_config(llc={"gamma": -1.0}).raw, "llc.gamma = -1.0"),
     (tiny_config(llc={"draws": 0}).raw, "llc.draws = 0"),
+    (tiny_config(llc={"by_activation": {"tanh": {"eps": 0.0}}}).raw,
+     "llc.by_activation.tanh.eps = 0.0"),
+    (tiny_config(llc={"by_activation": {"tanh": {"chains": 2}}}).raw,
+     "llc.by_activation.tanh.chains: unknown key"),
+    (tiny_config(llc={"by_activation": {"rleu": {"eps": 0.01}}}).raw,
+     "llc.by_activation.rleu: 'rleu' is not an activation; choose from relu, "),
+    (tiny_config(llc={"by_activation": {"tanh": 0.01}}).raw,
+     "llc.by_activation.tanh: expected a table"),
 ]
 
 
@@ -107,3 +117,21 @@ def test_missing_file_and_bad_toml(tmp_path):
     bad.write_text("[model\nn_features = 3")
     with pytest.raises(UserError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_an_activations_own_llc_values_replace_the_sections_for_it_alone(tmp_path):
+    """[llc.by_activation.NAME] sets some values for one activation: its setting is the [llc]
+    section's with those replaced, every other activation keeps the section's, and the table
+    survives run.json's round trip."""
+    from devtms.llc import config_settings
+
+    text = tiny_config().toml + "\n[llc.by_activation.tanh]\neps = 0.001\ndraws = 80\n"
+    path = tmp_path / "own.toml"
+    path.write_text(text)
+    config = load_config(path)
+    assert config_from_dict(config.to_dict()) == config
+    settings = config_settings(config)
+    base, tanh = settings.default.params, settings.of("tanh").params
+    assert (tanh.eps, tanh.draws) == (0.001, 80) and (base.eps, base.draws) == (0.003, 20)
+    assert dataclasses.replace(tanh, eps=base.eps, draws=base.draws) == base
+    assert settings.of("relu") == settings.default and settings.id.startswith(base.tag("batched"))

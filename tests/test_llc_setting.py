@@ -108,7 +108,7 @@ def test_a_setting_id_that_reads_as_a_number_is_read_back_as_written(tiny_run: P
     """A setting id that also reads as a float: llc.csv must be read back with the id as
     text, so that analyze finds the active setting's rows and --setting names it."""
     run = copy_run(tiny_run, tmp_path / "run")
-    seed = numeric_looking_seed(llc.active_setting(RunDir.open(run)).params)
+    seed = numeric_looking_seed(llc.active_setting(RunDir.open(run)).default.params)
     result = run_cli("llc", run, "--steps", "last", "--seed", str(seed), "--activate")
     assert result.returncode == 0, result.stderr
     tag = llc.active_setting(RunDir.open(run)).id

@@ -62,7 +62,7 @@ def study_inputs(run: RunDir, activation: str) -> Inputs:
     if geometry is None:
         raise ValueError(f"{run.path} has no {store.GEOMETRY_CSV}: run `devtms analyze "
                          f"{run.path}` first")
-    setting = active_setting(run)
+    setting = active_setting(run).of(activation)
     table = llc_table.read_llc_table(run)
     rows = table[(table["setting"] == setting.id) & table["instance"].isin(inst["instance"])]
     if not rows["healthy"].astype(bool).any():

@@ -20,7 +20,9 @@ draws double, and by < 25% when gamma is multiplied or divided by 3. Checkpoints
 minimum are left out and counted. It prints the evidence, writes it to
 RUN_DIR/calibration/auto.csv and makes the choice the run's active LLC setting: `devtms llc
 RUN` then computes it at every checkpoint and analyze/report show it. When no candidate
-passes it names the closest, exits with status 2 and changes nothing.
+passes it names the closest, exits with status 2 and changes nothing. An activation with
+unhealthy estimates at the choice is then calibrated alone (the other candidates, then larger
+eps), and the first setting that passes the same checks on it becomes that activation's own.
 
 Without --auto: run the batched LLC estimator over a grid of step sizes eps and localizations
 gamma (and, if asked, inverse temperatures n_beta) at one checkpoint step, and write a table
@@ -136,6 +138,10 @@ def run_auto(run_dir, args: argparse.Namespace) -> int:
               f"[{result.closest}]{worst}. Nothing was changed: try --eps-grid/--gamma-grid, "
               "or `devtms calibrate RUN --step last` to read the grid", file=sys.stderr)
         return 2
+    if result.unresolved:
+        print(f"warning: no candidate passed on {', '.join(result.unresolved)} alone: "
+              "their estimates use the run-wide choice, and some are unhealthy",
+              file=sys.stderr)
     print(f"chosen: {result.chosen.describe()}\nevidence -> "
           f"{run_dir.path / CALIBRATION_DIR / AUTO_CSV}; now the run's active LLC setting: "
           f"`devtms llc {run_dir.path}` computes it at every checkpoint")

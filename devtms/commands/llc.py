@@ -28,7 +28,9 @@ when you run the same command again.
 EPILOG = """\
 defaults: the run's active LLC setting: the config's [llc] section (eps, gamma, chains, draws,
 burnin, batch_size, seed) until `devtms calibrate RUN --auto` or `devtms llc RUN --activate ...`
-replaces it; the flags below change single values of it. n_beta defaults to N / log N of the
+replaces it, each activation at its own values where the config's [llc.by_activation.NAME]
+or `calibrate --auto` gives it some; the flags below change single values of it (of each
+activation's). n_beta defaults to N / log N of the
 LLC dataset (N = data.n_samples of a finite-data run) on the loss SUMMED over features, whatever
 the model's training reduction: the LLC is measured on that loss (docs/science.md).
 `analyze`, `report` and `study` read the active setting's rows of llc.csv (or --setting ID).
@@ -120,12 +122,11 @@ def run(args: argparse.Namespace) -> int:
     with on_interrupt(lambda: advice), open_executor(args.scheduler) as executor, \
             run_dir.lock("devtms llc"):
         if args.activate:  # first, so that the stage's record counts this setting
-            llc.activate(run_dir, llc.Setting(request.params, request.engine,
-                                              "devtms llc --activate"))
+            llc.activate(run_dir, request.settings.with_source("devtms llc --activate"))
         summary = llc.run_llc(run_dir, request, executor, threads=threads)
     for note in run_dir.notes:  # repairs of damaged files
         print(f"note: {note}", file=sys.stderr)
-    setting = llc.Setting(request.params, request.engine)
+    setting = request.settings
     active = llc.active_setting(run_dir)
     where = f" ({summary.executor})" if summary.executor else ""
     print(f"llc, setting {setting.describe()}: {summary.computed} estimated{where}, "

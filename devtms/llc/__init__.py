@@ -26,7 +26,15 @@ One job a module:
     >>> run_llc(run, request)                        # writes llc.csv, llc_traces/, run.json
 """
 
-from devtms.llc.active import Setting, activate, active_setting, choose, settings_present
+from devtms.llc.active import (
+    ActivationSettings,
+    Setting,
+    activate,
+    active_setting,
+    choose,
+    config_settings,
+    settings_present,
+)
 from devtms.llc.batched import NOISE_BLOCK, noise_block, run_chains, tile_shape
 from devtms.llc.engines import ENGINES, estimate_chunk
 from devtms.llc.health import summarize
@@ -47,8 +55,9 @@ from devtms.llc.task import ChunkResult, ChunkTask
 
 __all__ = [
     "COLUMNS", "CONTRACT_COLUMNS", "ENGINES", "IDENTITY", "NOISE_BLOCK", "SETTING_COLUMNS",
-    "ChunkResult", "ChunkTask", "LLCParams", "LLCRequest", "LLCSummary", "RunInputs", "Setting",
-    "activate", "active_setting", "choose", "settings_present",
+    "ActivationSettings", "ChunkResult", "ChunkTask", "LLCParams", "LLCRequest", "LLCSummary",
+    "RunInputs", "Setting", "activate", "active_setting", "choose", "config_settings",
+    "settings_present",
     "auto_chunk_size", "build_request", "default_job_complete", "done_mask", "done_pairs",
     "estimate_chunk", "llc_dataset_size", "load_traces", "noise_block", "num_parameters",
     "plan_chunks", "read_llc_table", "run_chains", "run_llc", "summarize", "tile_shape",

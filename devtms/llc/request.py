@@ -4,14 +4,15 @@ its chunks are cut from."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
 import torch
 
 from devtms.data import importance_weights, llc_data
 from devtms.errors import UserError
-from devtms.llc.active import active_setting
+from devtms.llc.active import ActivationSettings, Setting, active_setting
 from devtms.llc.engines import ENGINES
 from devtms.llc.params import LLC_REDUCTION, LLCParams
 from devtms.llc.plan import use_compile
@@ -31,6 +32,24 @@ class LLCRequest:
     compiled: bool
     device: str
     chunk_size: int | None = None
+    # activation -> its hyperparameters where they are not `params` (the run's active setting
+    # per activation, with the job's explicit values)
+    by_activation: dict[str, LLCParams] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> ActivationSettings:
+        return ActivationSettings(Setting(self.params, self.engine), {
+            a: Setting(p, self.engine) for a, p in self.by_activation.items()})
+
+    def parts(self, table: pd.DataFrame) -> list[LLCRequest]:
+        """The job as one request per setting, each with the instances it serves (`table`:
+        instances.csv); just this one when every instance has `params`."""
+        if not self.by_activation:
+            return [self]
+        chosen = table[table["instance"].isin(self.instances)]
+        return [dataclasses.replace(self, instances=instances, params=setting.params,
+                                    by_activation={})
+                for setting, instances in self.settings.groups(chosen)]
 
 
 def build_request(run: RunDir, *, instances: str | None = None, steps: str | None = None,
@@ -39,8 +58,9 @@ def build_request(run: RunDir, *, instances: str | None = None, steps: str | Non
                   compile_setting: str = "auto") -> LLCRequest:
     """Validate a job against the run; raises UserError naming the problem. Writes nothing.
 
-    The hyperparameters are the run's active setting (devtms.llc.active) with `overrides`
-    replacing some of them; engine None: the active setting's engine.
+    The hyperparameters are the run's active setting (devtms.llc.active), each activation's
+    own, with `overrides` replacing some of them in each. engine None: the active setting's
+    engine; another engine gets the default's values for every activation.
     """
     active = active_setting(run)
     engine = engine or active.engine
@@ -52,7 +72,10 @@ def build_request(run: RunDir, *, instances: str | None = None, steps: str | Non
     if chunk_size is not None and chunk_size < 1:
         raise UserError(f"--chunk-size {chunk_size} is not allowed: must be an integer >= 1")
     config = run.config.with_llc(**(overrides or {}))  # validates the values
-    params = dataclasses.replace(active.params, **(overrides or {}))
+    params = dataclasses.replace(active.default.params, **(overrides or {}))
+    own = {a: dataclasses.replace(s.params, **(overrides or {}))
+           for a, s in active.by_activation.items()} if engine == active.engine else {}
+    by_activation = {a: p for a, p in own.items() if p != params}
     if params.batch_size > params.n_samples:
         raise UserError(f"--batch-size {params.batch_size} is larger than the LLC dataset "
                         f"(N = {params.n_samples})")
@@ -66,7 +89,7 @@ def build_request(run: RunDir, *, instances: str | None = None, steps: str | Non
         instances=parse_instances(instances, run.instances["instance"].tolist()),
         steps=parse_steps(steps, run.checkpoint_steps()),
         engine=engine, params=params, compiled=use_compile(config, params, engine, compile_setting),
-        device=check_device(device), chunk_size=chunk_size)
+        device=check_device(device), chunk_size=chunk_size, by_activation=by_activation)
 
 
 class RunInputs:

@@ -32,6 +32,17 @@ class LLCSummary:
     states: dict[str, int] = field(default_factory=dict)  # state -> estimates computed
     executor: str = ""  # where the chunks ran when not in this process (the executor's label)
 
+    def add(self, other: LLCSummary) -> None:
+        """Count `other` (another part of the same job) in this one."""
+        self.requested += other.requested
+        self.already_done += other.already_done
+        self.computed += other.computed
+        self.unhealthy += other.unhealthy
+        self.chunks += other.chunks
+        for state, n in other.states.items():
+            self.states[state] = self.states.get(state, 0) + n
+        self.executor = self.executor or other.executor
+
     @property
     def state_counts(self) -> str:
         return ", ".join(f"{n} {state}" for state, n in sorted(self.states.items()))
@@ -45,7 +56,9 @@ def run_llc(run: RunDir, request: LLCRequest, executor: Executor | None = None,
 
     threads: torch threads of the chunks run in this process (None: devtms.threads' policy;
     Dask workers always run one)."""
-    summary = _estimate_pending(run, request, executor or LocalExecutor(), progress, threads)
+    summary = LLCSummary(0, 0, 0, 0, 0)
+    for part in request.parts(run.instances):  # one per setting
+        summary.add(_estimate_pending(run, part, executor or LocalExecutor(), progress, threads))
     run.set_stage("llc", done=default_job_complete(run))
     return summary
 
@@ -97,7 +110,9 @@ def _estimate_pending(run: RunDir, request: LLCRequest, executor: Executor,
 def default_job_complete(run: RunDir) -> bool:
     """Whether llc.csv has every instance x checkpoint at the run's active setting."""
     table = llc_table.read_llc_table(run)
-    active = active_setting(run)
-    pairs = llc_table.done_pairs(table, active.params, active.engine)
-    return all((int(i), s) in pairs for i in run.instances["instance"]
-               for s in run.checkpoint_steps())
+    steps = run.checkpoint_steps()
+    for setting, instances in active_setting(run).groups(run.instances):
+        pairs = llc_table.done_pairs(table, setting.params, setting.engine)
+        if not all((i, s) in pairs for i in instances for s in steps):
+            return False
+    return True

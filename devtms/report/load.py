@@ -26,7 +26,7 @@ import pandas as pd
 from devtms import geometry as geo
 from devtms.analyze import update_geometry
 from devtms.errors import UserError
-from devtms.llc.active import Setting, choose
+from devtms.llc.active import ActivationSettings, choose
 from devtms.llc.table import empty_table, read_llc_table
 from devtms.report.bayes import BayesTables, load_bayes
 from devtms.report.figures.layout import Panel
@@ -65,7 +65,7 @@ class RunData:
     diverged: list[int]
     notes: list[str] = field(default_factory=list)  # stages not run, with what to do
     llc_all: pd.DataFrame | None = None  # every row of llc.csv, every setting (None: no LLC)
-    llc_setting: Setting | None = None  # the plotted one (the active, or --setting)
+    llc_setting: ActivationSettings | None = None  # the plotted one (the active, or --setting)
     bayes: BayesTables | None = None  # RUN_DIR/bayes/ (devtms bayes), if it has run
 
     @property
@@ -122,6 +122,9 @@ def load_run(path: Path, setting_id: str | None = None) -> RunData:
     if llc is not None and len(llc) < len(llc_all):
         notes.append(f"llc.csv holds estimates of several LLC settings: the figures show "
                      f"{setting.describe()}; all settings are listed under provenance")
+    elif llc is not None and setting.by_activation:
+        notes.append(f"the LLC of each activation is shown at its own setting: "
+                     f"{setting.describe()}")
     return RunData(run, Path(path).resolve().name, instances, condition_panels(instances), train_log,
                    steps, llc, geometry, source, transitions, summary, diverged, notes,
                    llc_all, setting, load_bayes(run))
@@ -187,7 +190,7 @@ def present_settings(llc: pd.DataFrame) -> str:
 
 
 def plotted_llc(llc: pd.DataFrame | None, run: RunDir, setting_id: str | None = None
-                ) -> tuple[Setting, pd.DataFrame | None]:
+                ) -> tuple[ActivationSettings, pd.DataFrame | None]:
     """The LLC setting the figures show (devtms.llc.active.choose: the run's active one, or
     `setting_id`) and its rows of llc.csv, None when it has none."""
     setting, rows = choose(run, llc if llc is not None else empty_table(), setting_id)

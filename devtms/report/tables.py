@@ -323,8 +323,8 @@ def llc_settings(data: RunData) -> pd.DataFrame | None:
                 unhealthy=("healthy", lambda h: int((~h.astype(bool)).sum()))).reset_index()
     if "mala_acceptance" in llc:
         out["mean MALA acceptance"] = g["mala_acceptance"].mean().to_numpy()
-    plotted = data.llc_setting.id if data.llc_setting is not None else None
-    out.insert(0, "plotted", out["setting"].astype(str) == plotted if "setting" in out
+    plotted = [s.id for s in data.llc_setting.settings()] if data.llc_setting is not None else []
+    out.insert(0, "plotted", out["setting"].astype(str).isin(plotted) if "setting" in out
                else False)
     return out
 
