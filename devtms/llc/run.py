@@ -1,15 +1,18 @@
 """The LLC stage's driver: estimate what a request asks and llc.csv lacks, chunk by chunk.
 
-    plan_chunks(wanted)     -> chunks (instances x steps rectangles; devtms.llc.plan)
+    request.parts(...)      -> one request per setting (activations may have their own)
+    plan_chunks(wanted)     -> each part's chunks (instances x steps rectangles; devtms.llc.plan)
     RunInputs.task(...)     -> ChunkTask: tensors + hyperparameters, picklable, no file handles
     estimate_chunk(task)    -> ChunkResult: rows + loss traces; pure (devtms.llc.engines)
-    run_llc(run, request)   maps tasks through an executor, writes llc_traces/ then llc.csv after
+    run_llc(run, request)   maps every part's tasks through one executor, writes llc_traces/ then llc.csv after
                             every chunk (atomically), and records the stage in run.json
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import pandas as pd
 
 from devtms.executors import AutoExecutor, Executor, LocalExecutor
 from devtms.llc import table as llc_table
@@ -32,17 +35,6 @@ class LLCSummary:
     states: dict[str, int] = field(default_factory=dict)  # state -> estimates computed
     executor: str = ""  # where the chunks ran when not in this process (the executor's label)
 
-    def add(self, other: LLCSummary) -> None:
-        """Count `other` (another part of the same job) in this one."""
-        self.requested += other.requested
-        self.already_done += other.already_done
-        self.computed += other.computed
-        self.unhealthy += other.unhealthy
-        self.chunks += other.chunks
-        for state, n in other.states.items():
-            self.states[state] = self.states.get(state, 0) + n
-        self.executor = self.executor or other.executor
-
     @property
     def state_counts(self) -> str:
         return ", ".join(f"{n} {state}" for state, n in sorted(self.states.items()))
@@ -56,44 +48,68 @@ def run_llc(run: RunDir, request: LLCRequest, executor: Executor | None = None,
 
     threads: torch threads of the chunks run in this process (None: devtms.threads' policy;
     Dask workers always run one)."""
-    summary = LLCSummary(0, 0, 0, 0, 0)
-    for part in request.parts(run.instances):  # one per setting
-        summary.add(_estimate_pending(run, part, executor or LocalExecutor(), progress, threads))
+    executor = executor or LocalExecutor()
+    table = llc_table.read_for_update(run)
+    plans = [_plan(run, table, part) for part in request.parts(run.instances)]  # one a setting
+    summary = LLCSummary(sum(len(p.wanted) for p in plans),
+                         sum(len(p.wanted) - len(p.todo) for p in plans), 0, 0,
+                         sum(len(p.chunks) for p in plans))
+    work = [p for p in plans if p.chunks]
+    if work:
+        _estimate(run, table, work, executor, summary, progress, threads)
     run.set_stage("llc", done=default_job_complete(run))
     return summary
 
 
-def _estimate_pending(run: RunDir, request: LLCRequest, executor: Executor,
-                      progress: bool, threads: int | None) -> LLCSummary:
-    table = llc_table.read_for_update(run)
+@dataclass
+class _Plan:
+    """One setting's part of a job: what it wants, what llc.csv lacks, and the chunks."""
+
+    request: LLCRequest
+    wanted: list[tuple[int, int]]
+    todo: set[tuple[int, int]]  # pending (instance, step)
+    chunks: list[tuple[list[int], list[int]]]
+    size: int  # estimates per chunk
+
+
+def _plan(run: RunDir, table: pd.DataFrame, request: LLCRequest) -> _Plan:
     done = llc_table.done_pairs(table, request.params, request.engine)
     wanted = [(i, s) for i in request.instances for s in request.steps]
-    pending = [pair for pair in wanted if pair not in done]
-    summary = LLCSummary(len(wanted), len(wanted) - len(pending), 0, 0, 0)
-    if not pending:
-        return summary
+    todo = {pair for pair in wanted if pair not in done}
+    if not todo:
+        return _Plan(request, wanted, todo, [], 0)
     m, n = run.config.model.n_hidden, run.config.model.n_features
     size = request.chunk_size or auto_chunk_size(len(wanted), len(request.steps),
                                                  request.params, m, n, request.compiled)
     # planned over the whole request, so a rerun cuts the chunks of the first run (see plan.py)
-    todo = set(pending)
     chunks = [(instances, steps) for instances, steps in plan_chunks(wanted, size)
               if any((i, s) in todo for i in instances for s in steps)]
-    summary.chunks = len(chunks)
+    return _Plan(request, wanted, todo, chunks, size)
+
+
+def _estimate(run: RunDir, table: pd.DataFrame, plans: list[_Plan], executor: Executor,
+              summary: LLCSummary, progress: bool, threads: int | None) -> None:
+    """Every plan's chunks through one executor.map (so the workers share them), appending
+    to llc.csv after every chunk."""
     # every checkpoint is loaded and verified before anything is written
-    inputs = RunInputs(run, sorted({i for c in chunks for i in c[0]}),
-                       sorted({s for c in chunks for s in c[1]}))
+    inputs = RunInputs(run, sorted({i for p in plans for c in p.chunks for i in c[0]}),
+                       sorted({s for p in plans for c in p.chunks for s in c[1]}))
     llc_table.remove_orphan_traces(run, table)
-    tasks = (inputs.task(instances, steps, request) for instances, steps in chunks)
-    p = request.params
-    if isinstance(executor, AutoExecutor) and request.device == "cpu":  # a GPU: stay here
-        executor = executor.for_work(len(pending) * p.chains * (p.burnin + p.draws)
-                                     * p.batch_size * n)  # the job's loss-term elements
+    tasks = (inputs.task(instances, steps, p.request) for p in plans
+             for instances, steps in p.chunks)
+    todo = set().union(*(p.todo for p in plans))  # instances differ between settings
+    n = run.config.model.n_features
+    first = plans[0].request
+    if isinstance(executor, AutoExecutor) and first.device == "cpu":  # a GPU: stay here
+        executor = executor.for_work(sum(  # the job's loss-term elements
+            len(p.todo) * q.chains * (q.burnin + q.draws) * q.batch_size * n
+            for p in plans for q in [p.request.params]))
     if not isinstance(executor, LocalExecutor):  # any object with map() will do: say what it is
         summary.executor = getattr(executor, "label", type(executor).__name__)
-    bar = progress_bar(len(pending), f"llc ({request.engine})", "estimate", enabled=progress)
+    bar = progress_bar(len(todo), f"llc ({first.engine})", "estimate", enabled=progress)
     # the largest op of a chunk: its estimates x chains x minibatch x features
-    op_elements = size * p.chains * p.batch_size * n
+    op_elements = max(p.size * p.request.params.chains * p.request.params.batch_size * n
+                      for p in plans)
     with bar, torch_threads(threads_for(op_elements, threads)):
         for result in executor.map(estimate_chunk, tasks):
             result = result.only(todo)  # a chunk partly done by an earlier, other request
@@ -104,7 +120,6 @@ def _estimate_pending(run: RunDir, request: LLCRequest, executor: Executor,
             for row in result.rows:
                 summary.states[row["state"]] = summary.states.get(row["state"], 0) + 1
             bar.update(len(result.rows))
-    return summary
 
 
 def default_job_complete(run: RunDir) -> bool:
