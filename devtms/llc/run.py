@@ -4,8 +4,9 @@
     plan_chunks(wanted)     -> each part's chunks (instances x steps rectangles; devtms.llc.plan)
     RunInputs.task(...)     -> ChunkTask: tensors + hyperparameters, picklable, no file handles
     estimate_chunk(task)    -> ChunkResult: rows + loss traces; pure (devtms.llc.engines)
-    run_llc(run, request)   maps every part's tasks through one executor, writes llc_traces/ then llc.csv after
-                            every chunk (atomically), and records the stage in run.json
+    run_llc(run, request)   maps every part's tasks through one executor, writes llc_traces/
+                            then llc.csv after every chunk (atomically), and records the
+                            stage in run.json
 """
 
 from __future__ import annotations
