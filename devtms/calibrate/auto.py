@@ -57,6 +57,7 @@ AUTO_CSV = "auto.csv"  # in calibration/: the evidence, one row per setting meas
 AUTO_ESTIMATES_CSV = "auto_estimates.csv"  # ... and every estimate behind it
 ALL = "all"  # the evidence's `group` of the run-wide candidates (else: an activation's name)
 REST = "rest"  # ... and of the chosen one on the instances outside the sample
+SOURCE = "devtms calibrate --auto"  # the chosen setting's source in run.json
 MAX_SAMPLE = 48  # instances checked; spread over the conditions
 # (eps, gamma, burnin, draws), cheapest first
 CANDIDATES = (
@@ -176,9 +177,6 @@ def auto_calibrate(inputs: llc.RunInputs, job: AutoJob, say=lambda line: None) -
     closest = max(range(len(scores)), key=lambda k: scores[k])
     return AutoResult(None, pd.DataFrame(rows), closest, _failing(rows, closest),
                       pd.concat(estimates))
-
-
-SOURCE = "devtms calibrate --auto"
 
 
 def _failing(rows: list[dict], k: int) -> list[str]:
