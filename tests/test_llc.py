@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from devtms import llc
+from devtms import model as tms
 from devtms.config import config_from_dict, instance_table
 from devtms.data import sample_features
 from devtms.rng import generator
@@ -176,6 +177,68 @@ def test_a_descent_below_the_llcs_resolution_is_a_flat_basin_not_a_saddle():
     assert rows[1]["state"] == "not_at_minimum"
     assert "-0.05" in rows[1]["reason"]
     assert rows[2]["state"] == "healthy"
+
+
+def test_the_curvature_at_each_checkpoint_matches_autograd(runs):
+    """llc.csv's grad_norm, grad_shift and hess_min against autograd through the one-instance
+    nn.Module (the oracle devinterp samples) at every checkpoint: |grad L_N(w*)| over W and b,
+    the shift n_beta^2 |g|^2 / (gamma + n_beta u^T H u) along u = g / |g|, and the smallest
+    eigenvalue of H."""
+    run = runs["chen2023"]
+    task = task_for(run, [0, 1, 2], run.checkpoint_steps())
+    slope = llc.slopes(task)  # (I, S) each
+    p = task.params
+    for i, activation in enumerate(task.activations):
+        x = task.data[i].double()
+        for s in range(len(task.steps)):
+            model = tms.TMS(task.W0[i, s].double(), task.b0[i, s].double(), activation,
+                            task.importance[i].double(), task.reduction, task.bias)
+
+            def oracle(W: torch.Tensor, b: torch.Tensor, model=model, x=x) -> torch.Tensor:
+                out = torch.func.functional_call(model, {"W": W, "b": b}, (x,))  # TMS.loss:
+                return tms.weighted_error(x, out, model.importance, model.reduction).mean()
+
+            W, b = model.W.detach().requires_grad_(), model.b.detach().requires_grad_()
+            grads = torch.autograd.grad(oracle(W, b), (W, b), create_graph=True)
+            g = torch.cat([t.flatten() for t in grads])
+            H = torch.stack([torch.cat([t.flatten() for t in torch.autograd.grad(
+                g_k, (W, b), retain_graph=True)]) for g_k in g]).detach()
+            g = g.detach()
+            u = g / g.norm()
+            shift = p.n_beta**2 * g.norm() ** 2 / (p.gamma + p.n_beta * max(float(u @ H @ u), 0))
+            assert float(slope.grad_norm[i, s]) == pytest.approx(float(g.norm()), rel=1e-9)
+            assert float(slope.grad_shift[i, s]) == pytest.approx(float(shift), rel=1e-4)
+            assert llc.hessian_min(task, i, s) == pytest.approx(
+                float(torch.linalg.eigvalsh(H)[0]), rel=1e-4, abs=1e-6)
+    assert (slope.grad_norm[:, 0] > 3 * slope.grad_norm[:, -1]).all()  # training shrinks it
+
+
+def test_a_descent_is_read_as_an_unfinished_step_a_saddle_or_a_plateau_edge():
+    """An llc of -50 at n_beta 100, gamma 100: a gradient shift of 100 explains it (not a
+    critical point); with none, a Hessian eigenvalue of -1 (n_beta x -1 < -gamma / 2) makes w*
+    a saddle, and a Hessian >= 0 a plateau's edge."""
+    assert "w* is not a critical point" in llc.which_point(-50.0, 100.0, 0.0, 100.0, 100.0)
+    assert "w* is a saddle" in llc.which_point(-50.0, 0.0, -1.0, 100.0, 100.0)
+    assert "the edge of a plateau" in llc.which_point(-50.0, 0.0, 0.0, 100.0, 100.0)
+    assert "the edge of a plateau" in llc.which_point(-50.0, 20.0, -0.4, 100.0, 100.0)
+    # the shift along g: n_beta^2 |g|^2 / (gamma + n_beta max(c, 0))
+    assert float(llc.gradient_shift(5.0, 1.0, 10.0, 4.0)) == pytest.approx(100 * 25 / 14)
+    assert float(llc.gradient_shift(5.0, -1.0, 10.0, 4.0)) == pytest.approx(100 * 25 / 4)
+
+
+def test_sgld_at_a_dead_relu_model_finds_a_plateau_edge(runs):
+    """W = 0, b = -0.05 with ReLU: every pre-activation is negative, where ReLU is flat, so
+    gradient and Hessian vanish; yet a small positive bias, within the chains' reach, lowers
+    the loss of the (non-negative) data. A critical point that is no minimum, as in
+    activations27's dead ReLU models: the chains descend and the reason says why."""
+    run = runs["chen2023"]
+    task = task_for(run, [0], [run.checkpoint_steps()[0]], chains=4, burnin=100, draws=200)
+    dead = dataclasses.replace(task, W0=torch.zeros_like(task.W0),
+                               b0=torch.full_like(task.b0, -0.05))
+    (row,) = llc.estimate_chunk(dead).rows
+    assert row["grad_norm"] == row["grad_shift"] == row["hess_min"] == 0.0
+    assert row["state"] == "not_at_minimum"
+    assert "the edge of a plateau" in row["reason"]
 
 
 # ---------------------------------------------------------------------------------------------

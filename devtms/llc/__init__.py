@@ -17,6 +17,7 @@ One job a module:
     task.py       ChunkTask / ChunkResult: what an engine gets and gives; shared result assembly
     health.py     LLC statistics, diagnostics and the state of every estimate
     convergence.py  R-hat and ESS of loss traces (ArviZ)
+    curvature.py  the loss's gradient and curvature at w*: what kind of point a checkpoint is
     plan.py       chunk sizes and cuts, and whether the job compiles
     table.py      llc.csv and llc_traces/: their only reader and writer
     request.py    a validated `devtms llc` job and the tensors its chunks are cut from
@@ -36,8 +37,9 @@ from devtms.llc.active import (
     settings_present,
 )
 from devtms.llc.batched import NOISE_BLOCK, noise_block, run_chains, tile_shape
+from devtms.llc.curvature import Slopes, gradient_shift, hessian_min, slopes
 from devtms.llc.engines import ENGINES, estimate_chunk
-from devtms.llc.health import summarize
+from devtms.llc.health import summarize, which_point
 from devtms.llc.params import SETTING_COLUMNS, LLCParams, llc_dataset_size, num_parameters
 from devtms.llc.plan import auto_chunk_size, plan_chunks, use_compile
 from devtms.llc.request import LLCRequest, RunInputs, build_request
@@ -55,11 +57,13 @@ from devtms.llc.task import ChunkResult, ChunkTask
 
 __all__ = [
     "COLUMNS", "CONTRACT_COLUMNS", "ENGINES", "IDENTITY", "NOISE_BLOCK", "SETTING_COLUMNS",
-    "ActivationSettings", "ChunkResult", "ChunkTask", "LLCParams", "LLCRequest", "LLCSummary",
+    "ActivationSettings", "ChunkResult", "ChunkTask", "LLCParams", "LLCRequest",
+    "LLCSummary", "Slopes",
     "RunInputs", "Setting", "activate", "active_setting", "choose", "config_settings",
     "settings_present",
     "auto_chunk_size", "build_request", "default_job_complete", "done_mask", "done_pairs",
-    "estimate_chunk", "llc_dataset_size", "load_traces", "noise_block", "num_parameters",
-    "plan_chunks", "read_llc_table", "run_chains", "run_llc", "summarize", "tile_shape",
-    "use_compile",
+    "estimate_chunk", "gradient_shift", "hessian_min", "llc_dataset_size", "load_traces",
+    "noise_block", "num_parameters",
+    "plan_chunks", "read_llc_table", "run_chains", "run_llc", "slopes", "summarize", "tile_shape",
+    "use_compile", "which_point",
 ]

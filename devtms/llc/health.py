@@ -11,10 +11,12 @@ first that applies, in this order:
                     engines freeze such a chain at w* and record NaN draws; the llc is over the
                     remaining chains)
     not_at_minimum  the chains descend below the checkpoint's loss by more than the LLC's
-                    resolution (llc mean + 2 sem < -LLC_RESOLUTION): w* is not a local minimum
-                    (early training), so there is no basin to measure. The report draws these
-                    apart and the transition detector skips them. A smaller descent is an LLC of
-                    0 to within the resolution (a flat basin: a dead or saturated model).
+                    resolution (llc mean + 2 sem < -LLC_RESOLUTION): w* is not a local minimum,
+                    so there is no basin to measure. The report draws these apart and the
+                    transition detector skips them. A smaller descent is an LLC of 0 to within
+                    the resolution (a flat basin: a dead or saturated model). The reason says
+                    which kind of point w* is (`which_point`, from devtms.llc.curvature): not
+                    a critical point (training had not settled), a saddle, or a plateau's edge.
     implausible     llc mean - 2 sem > 1.1 d/2, above the largest learning coefficient a
                     d-parameter model can have: eps too large, or chains escaped the basin
     unconverged     the loss trace after burn-in has not settled (devtms.llc.convergence):
@@ -48,6 +50,11 @@ ESS_MIN = 100.0  # bulk effective sample size of the loss trace, all chains pool
 DRIFT_MAX = 0.10  # |second-half llc - first-half llc| relative to |llc|
 MALA_MIN = 0.3  # mean MALA acceptance below this: eps too large (minibatch noise alone keeps
 # it near 0.6 on the presets at every eps from 3e-5 to 3e-3, so only a collapse says something)
+
+GRADIENT_SHARE = 0.5  # a descent of which the gradient at w* explains at least this share is
+# read as "w* is not a critical point"; else, n_beta x the Hessian's smallest eigenvalue below
+# -gamma / 2 (that direction alone lowers the llc by more than 1/2, a regular parameter's
+# worth, under the localization) as a saddle, and anything else as a plateau's edge
 
 STATES = ("healthy", "not_at_minimum", "implausible", "unconverged", "diverged")
 
@@ -147,6 +154,31 @@ def _state(init: float, k: int, C: int, mean: float, sem: float, n_params: int, 
         reasons.append(f"unconverged: MALA acceptance {accept:.2f} < {MALA_MIN:g} (eps too "
                        "large)")
     return ("unconverged", reasons) if reasons else ("healthy", [])
+
+
+def is_critical(llc: float, shift: float) -> bool:
+    """Whether w* counts as a critical point for a descent to `llc`: its gradient's shift
+    (devtms.llc.curvature.gradient_shift) is finite and explains less than GRADIENT_SHARE."""
+    return math.isfinite(shift) and shift < GRADIENT_SHARE * abs(llc)
+
+
+def which_point(llc: float, shift: float, hess_min: float, n_beta: float, gamma: float
+                ) -> str:
+    """The second half of a not_at_minimum reason: what kind of point w* is
+    (devtms.llc.curvature), in fixed words (the report counts estimates by reason; the numbers
+    are llc.csv's grad_norm, grad_shift and hess_min). hess_min NaN: unknown."""
+    if not math.isfinite(shift):
+        return "the gradient at w* is not finite"
+    if not is_critical(llc, shift):
+        return "w* is not a critical point: its gradient explains the descent (training had " \
+               "not settled)"
+    if not math.isfinite(hess_min):
+        return "w* is a critical point (its curvature is not known)"
+    if n_beta * hess_min < -gamma / 2:
+        return "w* is a saddle: the loss curves down there more steeply than the localization " \
+               "holds the chains"
+    return "w* is a critical point without downward curvature: lower loss lies within the " \
+           "chains' reach beyond it (the edge of a plateau)"
 
 
 def join_reasons(a: str, b: str) -> str:

@@ -44,7 +44,7 @@ CONTRACT_COLUMNS = ["instance", "step", "setting", "llc_mean", "llc_std", "init_
                     "num_chains", "num_draws", "eps", "gamma", "n_beta", "engine", "healthy"]
 EXTRA_COLUMNS = ["burnin", "batch_size", "llc_seed", "llc_n_samples", "loss_reduction",
                  "llc_sem", "state", "rhat", "ess_bulk", "llc_drift", "num_diverged",
-                 "mala_acceptance", "reason"]
+                 "mala_acceptance", "grad_norm", "grad_shift", "hess_min", "reason"]
 COLUMNS = CONTRACT_COLUMNS + EXTRA_COLUMNS
 # What identifies an estimate (and the table's sort order): a row with these values is never
 # computed again.

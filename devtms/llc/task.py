@@ -3,7 +3,9 @@
 `ChunkTask` carries the tensors and hyperparameters of a chunk and nothing else (no file
 handles), so an executor can send it to another process or machine; `ChunkResult` carries
 llc.csv's rows and the loss traces back. Both engines (devtms.llc.batched and
-devtms.llc.reference) share `init_losses` and `make_result`, so they differ only in sampling.
+devtms.llc.reference) share `init_losses` and `make_result` (which also reads the loss's
+gradient and curvature at each checkpoint, devtms.llc.curvature), so they differ only in
+sampling.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 
 from devtms import model as tms
 from devtms.activations import contiguous_groups
-from devtms.llc.health import join_reasons, summarize
+from devtms.llc.curvature import Slopes, hessian_min, slopes
+from devtms.llc.health import is_critical, join_reasons, summarize, which_point
 from devtms.llc.params import LLCParams, num_parameters
 
 Tensor = torch.Tensor
@@ -105,6 +108,7 @@ def make_result(task: ChunkTask, init: Tensor, loss: Tensor, mala: Tensor,
     flat_loss = loss.reshape(I * S, *loss.shape[2:])
     flat_mala = mala.reshape(I * S, -1)
     stats = summarize(flat_loss, init.reshape(-1), task.params.n_beta, d, flat_mala)
+    slope = slopes(task)
     rows = []
     for e, (i, s) in enumerate(np.ndindex(I, S)):
         row = dict(instance=task.instances[i], step=task.steps[s],
@@ -116,7 +120,7 @@ def make_result(task: ChunkTask, init: Tensor, loss: Tensor, mala: Tensor,
             if error:
                 row.update(healthy=False, reason=join_reasons(row["reason"], error),
                            state="diverged" if row["state"] == "healthy" else row["state"])
-        rows.append(row)
+        rows.append(row | _point(task, i, s, row, slope))
     traces = dict(
         instance=torch.tensor(task.instances, dtype=torch.int64).repeat_interleave(S),
         step=torch.tensor(task.steps, dtype=torch.int64).repeat(I),
@@ -124,3 +128,19 @@ def make_result(task: ChunkTask, init: Tensor, loss: Tensor, mala: Tensor,
         mala=flat_mala.contiguous(),
     )
     return ChunkResult(task.engine, task.params, rows, traces)
+
+
+def _point(task: ChunkTask, i: int, s: int, row: dict[str, Any], slope: Slopes
+           ) -> dict[str, Any]:
+    """llc.csv's grad_norm, grad_shift and hess_min of one estimate, and for a not_at_minimum
+    one its reason with what kind of point w* is (devtms.llc.curvature): the Hessian is
+    computed only where that needs it."""
+    p = task.params
+    norm, shift = float(slope.grad_norm[i, s]), float(slope.grad_shift[i, s])
+    out = dict(grad_norm=norm, grad_shift=shift, hess_min=math.nan)  # one NaN: rows compare equal
+    if row["state"] == "not_at_minimum":
+        if is_critical(row["llc_mean"], shift):
+            out["hess_min"] = hessian_min(task, i, s)
+        out["reason"] = join_reasons(row["reason"], which_point(
+            row["llc_mean"], shift, out["hess_min"], p.n_beta, p.gamma))
+    return out

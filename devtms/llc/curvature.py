@@ -1,0 +1,122 @@
+"""The loss around a checkpoint, to second order: is w* a critical point, and which kind?
+
+An LLC estimate needs w* at a local minimum. When the chains descend below L_N(w*) instead
+(`not_at_minimum`), three kinds of point can be the cause, and the loss's gradient g and
+Hessian H at w* tell them apart (devtms.llc.health.which_point):
+
+    not a critical point   training had not settled; the chains finish its gradient step
+    a saddle               the loss curves down at w*
+    a plateau's edge       g = 0 and H >= 0, yet lower loss lies within the chains' reach
+                           (dead or saturated units: training cannot leave, the noise can)
+
+SGLD samples exp(-n_beta L(w) - gamma/2 |w - w*|^2). Along the gradient's direction u = g/|g|,
+with the loss's curvature there c = u^T H u, L is L(w*) + |g| t + c t^2 / 2: a Gaussian in t
+of precision gamma + n_beta c centred at -n_beta |g| / (gamma + n_beta c), so the gradient
+alone moves the mean of n_beta (L - L(w*)) by
+
+    grad_shift = -n_beta^2 |g|^2 / (gamma + n_beta max(c, 0))        (reported as its size)
+
+Every estimate gets g exactly (model.loss_and_grad, float64: a critical point's gradient is
+near 0, below float32's resolution of the loss) and c from one forward difference of it:
+two gradients per checkpoint. The whole Hessian (d + 1 gradients) is computed only where its
+smallest eigenvalue decides a reason: a not_at_minimum estimate that is a critical point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from devtms import model as tms
+from devtms.activations import contiguous_groups
+
+if TYPE_CHECKING:  # task.py assembles rows with these functions
+    from devtms.llc.task import ChunkTask
+
+Tensor = torch.Tensor
+
+FD_STEP = 1e-6  # forward differences of the exact gradient, relative to max(1, |w*|): in
+# float64, truncation ~1e-6 and round-off ~1e-10 of the curvature's scale
+
+
+@dataclass
+class Slopes:
+    """The gradient at every checkpoint of a chunk and what it does to the llc. (I, S) float64.
+
+    grad_norm: |grad L_N(w*)| over the sampled parameters; grad_shift: its llc shift at the
+    chunk's n_beta and gamma (module docstring), 0 where the gradient is exactly 0.
+    """
+
+    grad_norm: Tensor
+    grad_shift: Tensor
+
+
+def gradient_shift(grad_norm: Tensor | float, curvature: Tensor | float, n_beta: float,
+                   gamma: float) -> Tensor:
+    """n_beta^2 |g|^2 / (gamma + n_beta max(c, 0)): how far the gradient alone lowers an llc."""
+    g, c = torch.as_tensor(grad_norm, dtype=torch.float64), torch.as_tensor(curvature)
+    return n_beta**2 * g.square() / (gamma + n_beta * c.clamp(min=0.0))
+
+
+def slopes(task: ChunkTask) -> Slopes:
+    """grad_norm and grad_shift of every checkpoint of a ChunkTask (each checkpoint's numbers
+    come from its own rows of each batched call, so they do not depend on the chunk)."""
+    I, S = task.W0.shape[:2]
+    p = task.params
+    grad_norm = torch.empty(I, S, dtype=torch.float64)
+    shift = torch.empty(I, S, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(I):
+            gradient = gradient_function(task, i)
+            theta = parameters(task, i)  # (S, m n + n)
+            g = gradient(theta)  # (S, d)
+            norm = g.norm(dim=1)  # (S,)
+            u = torch.where(norm[:, None] > 0, g / norm[:, None], 0.0)
+            u = torch.nn.functional.pad(u, (0, theta.shape[1] - u.shape[1]))  # b stays put
+            h = FD_STEP * theta.abs().amax(1).clamp(min=1.0)  # (S,)
+            curvature = ((gradient(theta + h[:, None] * u) - g) * u[:, : g.shape[1]]).sum(1) / h
+            grad_norm[i] = norm
+            shift[i] = gradient_shift(norm, curvature, p.n_beta, p.gamma)
+    return Slopes(grad_norm, shift)
+
+
+def hessian_min(task: ChunkTask, i: int, s: int) -> float:
+    """The smallest eigenvalue of the Hessian of L_N at checkpoint (i, s): forward differences
+    of the exact gradient, symmetrized (d + 1 gradients in one batched call). NaN where not
+    finite."""
+    with torch.no_grad():
+        theta = parameters(task, i)[s]  # (m n + n,)
+        gradient = gradient_function(task, i)
+        g = gradient(theta[None])[0]  # (d,)
+        d = g.shape[0]
+        h = FD_STEP * max(1.0, float(theta.abs().max()))
+        H = (gradient(theta + h * torch.eye(d, theta.shape[0], dtype=torch.float64)) - g) / h
+        H = (H + H.T) / 2
+        if not torch.isfinite(H).all():
+            return float("nan")
+        return float(torch.linalg.eigvalsh(H)[0])
+
+
+def parameters(task: ChunkTask, i: int) -> Tensor:
+    """Instance i's checkpoints as parameter vectors (W flattened, b), float64: (S, m n + n)."""
+    return torch.cat([task.W0[i].double().flatten(1), task.b0[i].double()], 1)
+
+
+def gradient_function(task: ChunkTask, i: int) -> Callable[[Tensor], Tensor]:
+    """grad L_N of instance i at a batch of parameter vectors, float64: theta (k, m n + n) ->
+    (k, d), the sampled parameters' gradient (b's only where the model has a bias)."""
+    m, n = task.W0.shape[2:]
+    groups = contiguous_groups([task.activations[i]])
+    x, imp = task.data[i].double(), task.importance[i].double()
+
+    def gradient(theta: Tensor) -> Tensor:
+        k = theta.shape[0]
+        W, b = theta[:, : m * n].reshape(k, m, n), theta[:, m * n :].contiguous()
+        _, dW, db = tms.loss_and_grad(W, b, x.expand(k, *x.shape), imp.expand(k, n), groups,
+                                      task.reduction)
+        return torch.cat([dW.flatten(1), db], 1) if task.bias else dW.flatten(1)
+
+    return gradient
