@@ -304,7 +304,8 @@ def llc_health(data: RunData) -> LLCHealth | None:
     several = settings is not None and len(settings) > 1
     setting_cols = [c for c in SETTING_COLUMNS if c in merged] if several else []
     cols = [c for c in ("instance", "title", "seed", "step", *setting_cols, "llc_mean", "llc_std",
-                        "init_loss", "grad_norm", "num_diverged", "mala_acceptance", "reason")
+                        "init_loss", "grad_norm", "grad_shift", "hess_min", "num_diverged",
+                        "mala_acceptance", "reason")
             if c in merged]
     listing = merged[cols].rename(columns={"title": "condition"}).sort_values(["instance", "step"])
     return LLCHealth(len(llc), by_reason, listing)
