@@ -15,8 +15,9 @@ first that applies, in this order:
                     so there is no basin to measure. The report draws these apart and the
                     transition detector skips them. A smaller descent is an LLC of 0 to within
                     the resolution (a flat basin: a dead or saturated model). The reason says
-                    which kind of point w* is (`which_point`, from devtms.llc.curvature): not
-                    a critical point (training had not settled), a saddle, or a plateau's edge.
+                    what explains the descent (`which_point`, from devtms.llc.curvature): the
+                    gradient (training had not settled), negative curvature (a saddle), or
+                    neither (a plateau's edge).
     implausible     llc mean - 2 sem > 1.1 d/2, above the largest learning coefficient a
                     d-parameter model can have: eps too large, or chains escaped the basin
     unconverged     the loss trace after burn-in has not settled (devtms.llc.convergence):
@@ -52,9 +53,10 @@ MALA_MIN = 0.3  # mean MALA acceptance below this: eps too large (minibatch nois
 # it near 0.6 on the presets at every eps from 3e-5 to 3e-3, so only a collapse says something)
 
 GRADIENT_SHARE = 0.5  # a descent of which the gradient at w* explains at least this share is
-# read as "w* is not a critical point"; else, n_beta x the Hessian's smallest eigenvalue below
-# -gamma / 2 (that direction alone lowers the llc by more than 1/2, a regular parameter's
-# worth, under the localization) as a saddle, and anything else as a plateau's edge
+# the gradient's ("w* is not a critical point"); else, n_beta x the Hessian's smallest
+# eigenvalue below -gamma / 2 (that direction alone lowers the llc by more than 1/2, a regular
+# parameter's worth, under the localization) makes it negative curvature's, and anything else
+# a plateau's edge
 
 STATES = ("healthy", "not_at_minimum", "implausible", "unconverged", "diverged")
 
@@ -164,21 +166,22 @@ def is_critical(llc: float, shift: float) -> bool:
 
 def which_point(llc: float, shift: float, hess_min: float, n_beta: float, gamma: float
                 ) -> str:
-    """The second half of a not_at_minimum reason: what kind of point w* is
+    """The second half of a not_at_minimum reason: what explains the descent at w*
     (devtms.llc.curvature), in fixed words (the report counts estimates by reason; the numbers
     are llc.csv's grad_norm, grad_shift and hess_min). hess_min NaN: unknown."""
     if not math.isfinite(shift):
         return "the gradient at w* is not finite"
     if not is_critical(llc, shift):
-        return "w* is not a critical point: its gradient explains the descent (training had " \
-               "not settled)"
+        return "the gradient at w* explains the descent (w* is not a critical point: training " \
+               "had not settled)"
     if not math.isfinite(hess_min):
-        return "w* is a critical point (its curvature is not known)"
+        return "the gradient at w* explains less than half the descent (its curvature is not " \
+               "known)"
     if n_beta * hess_min < -gamma / 2:
-        return "w* is a saddle: the loss curves down there more steeply than the localization " \
-               "holds the chains"
-    return "w* is a critical point without downward curvature: lower loss lies within the " \
-           "chains' reach beyond it (the edge of a plateau)"
+        return "negative curvature at w* explains the descent (a saddle, or a slope curving " \
+               "down)"
+    return "neither the gradient nor the curvature at w* explains the descent: lower loss lies " \
+           "within the chains' reach beyond them (the edge of a plateau)"
 
 
 def join_reasons(a: str, b: str) -> str:
