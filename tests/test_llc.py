@@ -215,10 +215,10 @@ def test_the_curvature_at_each_checkpoint_matches_autograd(runs):
 
 def test_a_descent_is_read_as_an_unfinished_step_a_saddle_or_a_plateau_edge():
     """An llc of -50 at n_beta 100, gamma 100: a gradient shift of 100 explains it (not a
-    critical point); with none, a Hessian eigenvalue of -1 (n_beta x -1 < -gamma / 2) makes w*
-    a saddle, and a Hessian >= 0 a plateau's edge."""
+    critical point); with none, a Hessian eigenvalue of -2 (gamma + n_beta x -2 < 0) makes it
+    negative curvature's, and a Hessian >= 0 (or one of -0.4) a plateau's edge."""
     assert "w* is not a critical point" in llc.which_point(-50.0, 100.0, 0.0, 100.0, 100.0)
-    assert "negative curvature" in llc.which_point(-50.0, 0.0, -1.0, 100.0, 100.0)
+    assert "negative curvature" in llc.which_point(-50.0, 0.0, -2.0, 100.0, 100.0)
     assert "the edge of a plateau" in llc.which_point(-50.0, 0.0, 0.0, 100.0, 100.0)
     assert "the edge of a plateau" in llc.which_point(-50.0, 20.0, -0.4, 100.0, 100.0)
     # the shift along g: n_beta^2 |g|^2 / (gamma + n_beta max(c, 0))

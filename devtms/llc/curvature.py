@@ -19,7 +19,8 @@ alone moves the mean of n_beta (L - L(w*)) by
 Every estimate gets g exactly (model.loss_and_grad, float64: a critical point's gradient is
 near 0, below float32's resolution of the loss) and c from one forward difference of it:
 two gradients per checkpoint. The whole Hessian (d + 1 gradients) is computed only where its
-smallest eigenvalue decides a reason: a not_at_minimum estimate that is a critical point.
+smallest eigenvalue decides a reason: a not_at_minimum estimate whose descent the gradient
+does not explain.
 """
 
 from __future__ import annotations
@@ -32,14 +33,20 @@ import torch
 
 from devtms import model as tms
 from devtms.activations import contiguous_groups
+from devtms.llc.params import num_parameters
 
 if TYPE_CHECKING:  # task.py assembles rows with these functions
     from devtms.llc.task import ChunkTask
 
 Tensor = torch.Tensor
 
+MAX_HESSIAN_PARAMS = 512  # larger models get no Hessian (hess_min NaN)
+HESSIAN_BLOCK = 2**22  # float64 elements of data copies per batched gradient call (32 MiB)
 FD_STEP = 1e-6  # forward differences of the exact gradient, relative to max(1, |w*|): in
-# float64, truncation ~1e-6 and round-off ~1e-10 of the curvature's scale
+# float64, truncation ~1e-6 and round-off ~1e-10 of the curvature's scale; against autograd's
+# Hessian on chen2023's 512 checkpoints after step 100 the smallest eigenvalue is off by at
+# most 5e-6. A larger step is worse at ReLU's kink: 1e-4 crosses it for some sample at 28 of
+# them (errors up to 6), 1e-2 smooths it (errors up to 0.03)
 
 
 @dataclass
@@ -85,15 +92,21 @@ def slopes(task: ChunkTask) -> Slopes:
 
 def hessian_min(task: ChunkTask, i: int, s: int) -> float:
     """The smallest eigenvalue of the Hessian of L_N at checkpoint (i, s): forward differences
-    of the exact gradient, symmetrized (d + 1 gradients in one batched call). NaN where not
-    finite."""
+    of the exact gradient, symmetrized, the d displaced copies batched HESSIAN_BLOCK elements at
+    a time. NaN where not finite, and for models of more than MAX_HESSIAN_PARAMS parameters."""
+    m, n = task.W0.shape[2:]
+    d = num_parameters(m, n, task.bias)
+    if d > MAX_HESSIAN_PARAMS:
+        return float("nan")
     with torch.no_grad():
         theta = parameters(task, i)[s]  # (m n + n,)
         gradient = gradient_function(task, i)
         g = gradient(theta[None])[0]  # (d,)
-        d = g.shape[0]
         h = FD_STEP * max(1.0, float(theta.abs().max()))
-        H = (gradient(theta + h * torch.eye(d, theta.shape[0], dtype=torch.float64)) - g) / h
+        rows = max(1, HESSIAN_BLOCK // (task.data.shape[1] * n))  # displaced copies per call
+        eye = torch.eye(d, theta.shape[0], dtype=torch.float64) * h
+        H = torch.cat([gradient(theta + eye[k : k + rows]) for k in range(0, d, rows)])
+        H = (H - g) / h
         H = (H + H.T) / 2
         if not torch.isfinite(H).all():
             return float("nan")

@@ -53,9 +53,8 @@ MALA_MIN = 0.3  # mean MALA acceptance below this: eps too large (minibatch nois
 # it near 0.6 on the presets at every eps from 3e-5 to 3e-3, so only a collapse says something)
 
 GRADIENT_SHARE = 0.5  # a descent of which the gradient at w* explains at least this share is
-# the gradient's ("w* is not a critical point"); else, n_beta x the Hessian's smallest
-# eigenvalue below -gamma / 2 (that direction alone lowers the llc by more than 1/2, a regular
-# parameter's worth, under the localization) makes it negative curvature's, and anything else
+# the gradient's ("w* is not a critical point"); else a Hessian that curves down more steeply
+# than the localization holds (`curved_down`) makes it negative curvature's, and anything else
 # a plateau's edge
 
 STATES = ("healthy", "not_at_minimum", "implausible", "unconverged", "diverged")
@@ -177,11 +176,22 @@ def which_point(llc: float, shift: float, hess_min: float, n_beta: float, gamma:
     if not math.isfinite(hess_min):
         return "the gradient at w* explains less than half the descent (its curvature is not " \
                "known)"
-    if n_beta * hess_min < -gamma / 2:
+    if curved_down(hess_min, n_beta, gamma):
         return "negative curvature at w* explains the descent (a saddle, or a slope curving " \
                "down)"
     return "neither the gradient nor the curvature at w* explains the descent: lower loss lies " \
            "within the chains' reach beyond them (the edge of a plateau)"
+
+
+def curved_down(hess_min: float, n_beta: float, gamma: float) -> bool:
+    """gamma + n_beta x hess_min < 0: along the Hessian's lowest eigenvector the localized
+    posterior exp(-n_beta L - gamma/2 |w - w*|^2) of the quadratic model is not normalizable.
+    False where hess_min is unknown.
+
+    Not a state rule by itself: the loss's higher-order terms can hold the chains all the same
+    (docs/science.md, section 4.5: on chen2023 chains 5 times longer at such checkpoints
+    reproduce their llc and never descend). It only names the cause of a descent."""
+    return math.isfinite(hess_min) and gamma + n_beta * hess_min < 0
 
 
 def join_reasons(a: str, b: str) -> str:
