@@ -1,13 +1,15 @@
-"""The loss around a checkpoint, to second order: is w* a critical point, and which kind?
+"""The loss around a checkpoint, to second order: what explains a descent below it?
 
 An LLC estimate needs w* at a local minimum. When the chains descend below L_N(w*) instead
-(`not_at_minimum`), three kinds of point can be the cause, and the loss's gradient g and
-Hessian H at w* tell them apart (devtms.llc.health.which_point):
+(`not_at_minimum`), the loss's gradient g and Hessian H at w* say what explains the descent
+(devtms.llc.health.which_point):
 
-    not a critical point   training had not settled; the chains finish its gradient step
-    a saddle               the loss curves down at w*
-    a plateau's edge       g = 0 and H >= 0, yet lower loss lies within the chains' reach
-                           (dead or saturated units: training cannot leave, the noise can)
+    the gradient          w* is not a critical point: training had not settled, and the
+                          chains finish its step
+    negative curvature    a saddle, or a slope that curves down
+    neither               lower loss lies within the chains' reach beyond what g and H see:
+                          the edge of a plateau (dead or saturated units: training cannot
+                          leave, the noise can)
 
 SGLD samples exp(-n_beta L(w) - gamma/2 |w - w*|^2). Along the gradient's direction u = g/|g|,
 with the loss's curvature there c = u^T H u, L is L(w*) + |g| t + c t^2 / 2: a Gaussian in t
@@ -20,7 +22,7 @@ Every estimate gets g exactly (model.loss_and_grad, float64: a critical point's 
 near 0, below float32's resolution of the loss) and c from one forward difference of it:
 two gradients per checkpoint. The whole Hessian (d + 1 gradients) is computed only where its
 smallest eigenvalue decides a reason: a not_at_minimum estimate whose descent the gradient
-does not explain.
+does not explain. No health rule reads these numbers (docs/science.md, section 4.5, says why).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ if TYPE_CHECKING:  # task.py assembles rows with these functions
 Tensor = torch.Tensor
 
 MAX_HESSIAN_PARAMS = 512  # larger models get no Hessian (hess_min NaN)
-HESSIAN_BLOCK = 2**22  # float64 elements of data copies per batched gradient call (32 MiB)
+GRADIENT_BLOCK = 2**22  # float64 elements of data copies per batched gradient call (32 MiB)
 FD_STEP = 1e-6  # forward differences of the exact gradient, relative to max(1, |w*|): in
 # float64, truncation ~1e-6 and round-off ~1e-10 of the curvature's scale; against autograd's
 # Hessian on chen2023's 512 checkpoints after step 100 the smallest eigenvalue is off by at
@@ -92,8 +94,8 @@ def slopes(task: ChunkTask) -> Slopes:
 
 def hessian_min(task: ChunkTask, i: int, s: int) -> float:
     """The smallest eigenvalue of the Hessian of L_N at checkpoint (i, s): forward differences
-    of the exact gradient, symmetrized, the d displaced copies batched HESSIAN_BLOCK elements at
-    a time. NaN where not finite, and for models of more than MAX_HESSIAN_PARAMS parameters."""
+    of the exact gradient, symmetrized (the d displaced copies in batched calls). NaN where
+    not finite, and for models of more than MAX_HESSIAN_PARAMS parameters."""
     m, n = task.W0.shape[2:]
     d = num_parameters(m, n, task.bias)
     if d > MAX_HESSIAN_PARAMS:
@@ -103,10 +105,7 @@ def hessian_min(task: ChunkTask, i: int, s: int) -> float:
         gradient = gradient_function(task, i)
         g = gradient(theta[None])[0]  # (d,)
         h = FD_STEP * max(1.0, float(theta.abs().max()))
-        rows = max(1, HESSIAN_BLOCK // (task.data.shape[1] * n))  # displaced copies per call
-        eye = torch.eye(d, theta.shape[0], dtype=torch.float64) * h
-        H = torch.cat([gradient(theta + eye[k : k + rows]) for k in range(0, d, rows)])
-        H = (H - g) / h
+        H = (gradient(theta + h * torch.eye(d, theta.shape[0], dtype=torch.float64)) - g) / h
         H = (H + H.T) / 2
         if not torch.isfinite(H).all():
             return float("nan")
@@ -120,16 +119,18 @@ def parameters(task: ChunkTask, i: int) -> Tensor:
 
 def gradient_function(task: ChunkTask, i: int) -> Callable[[Tensor], Tensor]:
     """grad L_N of instance i at a batch of parameter vectors, float64: theta (k, m n + n) ->
-    (k, d), the sampled parameters' gradient (b's only where the model has a bias)."""
+    (k, d), the sampled parameters' gradient (b's only where the model has a bias), in calls
+    of at most GRADIENT_BLOCK data elements (each row's numbers do not depend on the call)."""
     m, n = task.W0.shape[2:]
     groups = contiguous_groups([task.activations[i]])
     x, imp = task.data[i].double(), task.importance[i].double()
+    rows = max(1, GRADIENT_BLOCK // x.numel())
 
-    def gradient(theta: Tensor) -> Tensor:
+    def block(theta: Tensor) -> Tensor:
         k = theta.shape[0]
         W, b = theta[:, : m * n].reshape(k, m, n), theta[:, m * n :].contiguous()
         _, dW, db = tms.loss_and_grad(W, b, x.expand(k, *x.shape), imp.expand(k, n), groups,
                                       task.reduction)
         return torch.cat([dW.flatten(1), db], 1) if task.bias else dW.flatten(1)
 
-    return gradient
+    return lambda theta: torch.cat([block(part) for part in theta.split(rows)])
