@@ -17,7 +17,7 @@ One job a module:
     task.py       ChunkTask / ChunkResult: what an engine gets and gives; shared result assembly
     health.py     LLC statistics, diagnostics and the state of every estimate
     convergence.py  R-hat and ESS of loss traces (ArviZ)
-    curvature.py  the loss's gradient and curvature at w*: what kind of point a checkpoint is
+    curvature.py  the loss's gradient and curvature at w*: what explains a descent below it
     plan.py       chunk sizes and cuts, and whether the job compiles
     table.py      llc.csv and llc_traces/: their only reader and writer
     request.py    a validated `devtms llc` job and the tensors its chunks are cut from

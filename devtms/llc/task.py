@@ -133,8 +133,8 @@ def make_result(task: ChunkTask, init: Tensor, loss: Tensor, mala: Tensor,
 def _point(task: ChunkTask, i: int, s: int, row: dict[str, Any], slope: Slopes
            ) -> dict[str, Any]:
     """llc.csv's grad_norm, grad_shift and hess_min of one estimate, and for a not_at_minimum
-    one its reason with what kind of point w* is (devtms.llc.curvature): the Hessian is
-    computed only where that needs it."""
+    one its reason with what explains the descent (devtms.llc.health.which_point): the
+    Hessian is computed only where that needs it."""
     p = task.params
     norm, shift = float(slope.grad_norm[i, s]), float(slope.grad_shift[i, s])
     out = dict(grad_norm=norm, grad_shift=shift, hess_min=math.nan)  # one NaN: rows compare equal
