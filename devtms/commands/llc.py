@@ -19,10 +19,12 @@ tempered posterior localized at the checkpoint, and
 Results go to RUN_DIR/llc.csv (one row per instance x step x setting, where a setting is the
 engine and its hyperparameters, named by a short id in the `setting` column; with llc_mean,
 llc_std over chains, llc_sem, the convergence diagnostics rhat, ess_bulk, llc_drift and
-mala_acceptance, and a state: healthy, not_at_minimum, implausible, unconverged or diverged)
-and the sampled loss traces to RUN_DIR/llc_traces/. Only estimates missing from llc.csv are
-computed, and rows are appended after every chunk, so a killed job resumes where it stopped
-when you run the same command again.
+mala_acceptance, the loss's slope and curvature at the checkpoint grad_norm, grad_shift and
+hess_min, and a state: healthy, not_at_minimum, implausible, unconverged or diverged; for
+not_at_minimum the reason says whether the slope, downward curvature or neither explains the
+chains' descent) and the sampled loss traces to RUN_DIR/llc_traces/. Only estimates missing
+from llc.csv are computed, and rows are appended after every chunk, so a killed job resumes
+where it stopped when you run the same command again.
 """
 
 EPILOG = """\
