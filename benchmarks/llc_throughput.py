@@ -107,7 +107,8 @@ def main() -> None:
     warm = dataclasses.replace(full, steps=steps[:1], W0=full.W0[:, :1], b0=full.b0[:, :1],
                                params=dataclasses.replace(full.params, draws=2, burnin=0))
     _, compile_wall, _ = timed(lambda: llc.estimate_chunk(warm))
-    print(f"warm-up (compiles one kernel per activation when compiled): {compile_wall:.1f} s")
+    print(f"warm-up (when compiled: one loss-and-gradient kernel per activation and the update "
+          f"kernel they share, from torch's disk cache where it holds them): {compile_wall:.1f} s")
 
     # devinterp's sample: estimates spread over the activations, same hyperparameters
     k = np.linspace(0, len(request.instances) - 1, args.sample).round().astype(int)
@@ -133,7 +134,8 @@ def main() -> None:
     print(f"batched   (all {n_est} estimates): {bt_rate:,.0f} chain-steps/s "
           f"({chain_steps / bt_cpu:,.0f} per CPU-second)")
     print(f"ratio batched / devinterp: {bt_rate / di_rate:,.0f}x wall, "
-          f"{(chain_steps / bt_cpu) / (sample_steps / di_cpu):,.0f}x per CPU-second")
+          f"{(chain_steps / bt_cpu) / (sample_steps / di_cpu):,.0f}x per CPU-second; "
+          f"compiling took {compile_wall:.1f} s before it")
 
     i_tile, s_tile = llc.tile_shape(len(request.instances), len(steps), args.chains,
                                     request.compiled)

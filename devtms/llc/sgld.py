@@ -1,10 +1,10 @@
-"""The SGLD sampler behind devtms's LLC estimates: one update rule and one fused, batched TMS step.
+"""The SGLD sampler behind devtms's LLC estimates: one update rule and one batched TMS step.
 
 The update (docs/science.md, the LLC and SGLD; devinterp's SGLD, Lau et al. 2023), for every parameter w:
 
     w <- w - eps/2 * (n_beta * grad L_batch(w) + gamma * (w - w*)) + sqrt(eps) * Normal(0, 1)
 
-`sgld_update` is that rule and the only place it is written; `tms_sgld_step` fuses it with the
+`sgld_update` is that rule and the only place it is written; `tms_sgld_step` combines it with the
 TMS loss and its hand-written gradient so that thousands of chains advance in one tensor program.
 
 Chain layout. A step advances every chain of a group of instances that share one activation.
@@ -28,8 +28,10 @@ Why the step is written the way it is:
 - dL/dpre is hand-written: each elementwise activation's `slope` and the over-features
   activations' (softmax, solu, ...) vjp in the registry, plain tensor ops, checked against
   autograd in tests/test_activations.py.
-- Under torch.compile the whole step (forward, gradient, update, health mask, MALA terms)
-  becomes one fused C++ loop nest per activation; without it the same code runs eagerly.
+- Under torch.compile the step is two kernels: `loss_and_grad` (forward and gradient, one per
+  activation) and `sgld_move` (update, health mask and MALA terms, one for all activations),
+  so a new activation costs a small compile (`step_function`).
+  Without torch.compile the same code runs eagerly.
 - A chain whose minibatch loss is not finite or exceeds its `limit` is marked dead, reset to w*
   and frozen: its slot keeps computing finite numbers, so it cannot poison any other chain.
 
@@ -92,7 +94,7 @@ def value_and_vjp(act: Activation) -> Callable[[Tensor], tuple[Tensor, Callable[
 
 
 # ---------------------------------------------------------------------------------------------
-# The fused step
+# The step
 
 
 @dataclass
@@ -154,31 +156,20 @@ def fixed_sum(t: Tensor, dim: int) -> Tensor:
     return t[:, 0]
 
 
-def tms_sgld_step(act: Activation, bias: bool, W: Tensor, b: Tensor, W0: Tensor, b0: Tensor,
-                  alive: Tensor, limit: Tensor, dws_W: Tensor, dws_b: Tensor, xi: Tensor, U: Tensor,
-                  x: Tensor, imp: Tensor, noise: Tensor, hp: Tensor,
+def loss_and_grad(act: Activation, W: Tensor, b: Tensor, x: Tensor, imp: Tensor, hp: Tensor,
                   materialize: bool = False) -> tuple[Tensor, ...]:
-    """One SGLD step of every chain of a group of instances sharing `act`. Pure; no in-place.
+    """The activation's half of a step: every chain's minibatch loss and its gradient. Pure.
 
-    W, W0, dws_W: (I, m, n, P); b, b0, dws_b: (I, n, P); alive, limit, U: (I, P);
-    xi, noise: (I, m n + n, P) the previous step's and this step's standard normal noise (W
-    flattened, then b); x: (I, B, n) the minibatch; imp: (I, n);
-    hp: (5,) = eps, gamma, n_beta, grad_scale (2 / (B * features averaged)), loss_scale.
+    W: (I, m, n, P); b: (I, n, P); x: (I, B, n); imp: (I, n); hp as in `tms_sgld_step`.
+    -> loss (I, P), dW (I, m, n, P), db (I, n, P)
 
-    Returns (W, b, alive, dws_W, dws_b, xi, U, loss, mala): the state after the step, the
-    minibatch loss of every chain at its parameters BEFORE the update (what devinterp records as
-    a draw; NaN for dead chains) and the MALA acceptance probability of the move that brought
-    each chain to those parameters (I, P).
-
-    materialize=True also returns dL/dpre, h and the per-sample error. Under torch.compile
-    that makes inductor compute each of them once into a buffer that the reductions over the
-    minibatch read back, instead of recomputing the forward inside every reduction (2-3x
-    faster for activations with transcendentals); the caller drops them.
+    materialize=True also returns dL/dpre, h, the per-sample error and what
+    `value_and_vjp` reuses. Under torch.compile that makes inductor compute each of them once
+    into a buffer that the reductions over the minibatch read back, instead of recomputing the
+    forward inside every reduction (2-3x faster for activations with transcendentals); the
+    caller drops them.
     """
-    eps, gamma, n_beta, grad_scale, loss_scale = hp.unbind(0)
-    I, m, n, P = W.shape
-    noise_W, noise_b = noise[:, : m * n].unflatten(1, (m, n)), noise[:, m * n :]
-    xi_W, xi_b = xi[:, : m * n].unflatten(1, (m, n)), xi[:, m * n :]
+    grad_scale, loss_scale = hp[3], hp[4]
     x5 = x[:, :, None, :, None]  # (I, B, 1, n, 1)
     h = fixed_sum(x5 * W[:, None], 3)  # h = W x: (I, B, m, P)
     pre = b[:, None] + fixed_sum(h[:, :, :, None] * W[:, None], 2)  # W^T h + b: (I, B, n, P)
@@ -189,12 +180,27 @@ def tms_sgld_step(act: Activation, bias: bool, W: Tensor, b: Tensor, W0: Tensor,
     g = vjp(grad_scale * wdiff)  # dL/dpre: (I, B, n, P)
     q = fixed_sum(W[:, None] * g[:, :, None], 3)  # W g: (I, B, m, P)
     dW = fixed_sum(h[:, :, :, None] * g[:, :, None] + q[:, :, :, None] * x5, 1)  # (I, m, n, P)
+    db = fixed_sum(g, 1)  # (I, n, P)
     loss = fixed_sum(err, 1) * loss_scale  # (I, P)
+    return (loss, dW, db, g, h, err, *reused) if materialize else (loss, dW, db)
+
+
+def sgld_move(bias: bool, W: Tensor, b: Tensor, W0: Tensor, b0: Tensor, alive: Tensor,
+              limit: Tensor, dws_W: Tensor, dws_b: Tensor, xi: Tensor, U: Tensor, loss: Tensor,
+              dW: Tensor, db: Tensor, noise: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
+    """The half of a step that no activation changes: the SGLD update, MALA and the health
+    mask. Pure. Arguments as in `tms_sgld_step`, with loss, dW and db from `loss_and_grad` (db
+    unused without a bias). -> (W, b, alive, dws_W, dws_b, U, loss, mala): `tms_sgld_step`'s
+    results without the noise (the next step's xi), which the caller passes on itself (a
+    compiled function returning one of its inputs pays for it on every call)."""
+    eps, gamma, n_beta = hp[0], hp[1], hp[2]
+    I, m, n, P = W.shape
+    noise_W, noise_b = noise[:, : m * n].unflatten(1, (m, n)), noise[:, m * n :]
+    xi_W, xi_b = xi[:, : m * n].unflatten(1, (m, n)), xi[:, m * n :]
 
     W_new, dws_W_new = sgld_update(W, dW, W0, noise_W, eps, gamma, n_beta)
     dist = fixed_sum((W - W0).square().flatten(1, 2), 1)  # |w - w*|^2: (I, P)
     if bias:
-        db = fixed_sum(g, 1)  # (I, n, P)
         b_new, dws_b_new = sgld_update(b, db, b0, noise_b, eps, gamma, n_beta)
         dist = dist + fixed_sum((b - b0).square(), 1)
     else:
@@ -226,59 +232,113 @@ def tms_sgld_step(act: Activation, bias: bool, W: Tensor, b: Tensor, W0: Tensor,
     nan = torch.full_like(loss, float("nan"))
     loss = torch.where(alive_new, loss, nan)
     mala = torch.where(alive_new & alive, mala, nan)
-    result = (W_new, b_new, alive_new, dws_W_new, dws_b_new, noise, U_new, loss, mala)
-    return result + (g, h, err, *reused) if materialize else result
+    return W_new, b_new, alive_new, dws_W_new, dws_b_new, U_new, loss, mala
+
+
+def tms_sgld_step(act: Activation, bias: bool, W: Tensor, b: Tensor, W0: Tensor, b0: Tensor,
+                  alive: Tensor, limit: Tensor, dws_W: Tensor, dws_b: Tensor, xi: Tensor, U: Tensor,
+                  x: Tensor, imp: Tensor, noise: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
+    """One SGLD step of every chain of a group of instances sharing `act`. Pure; no in-place.
+
+    W, W0, dws_W: (I, m, n, P); b, b0, dws_b: (I, n, P); alive, limit, U: (I, P);
+    xi, noise: (I, m n + n, P) the previous step's and this step's standard normal noise (W
+    flattened, then b); x: (I, B, n) the minibatch; imp: (I, n);
+    hp: (5,) = eps, gamma, n_beta, grad_scale (2 / (B * features averaged)), loss_scale.
+
+    Returns (W, b, alive, dws_W, dws_b, xi, U, loss, mala): the state after the step, the
+    minibatch loss of every chain at its parameters BEFORE the update (what devinterp records as
+    a draw; NaN for dead chains) and the MALA acceptance probability of the move that brought
+    each chain to those parameters (I, P).
+
+    The step is `loss_and_grad` (everything the activation touches) then `sgld_move`
+    (everything else); compiled, each half is its own kernel (`step_function`).
+    """
+    loss, dW, db = loss_and_grad(act, W, b, x, imp, hp)
+    moved = sgld_move(bias, W, b, W0, b0, alive, limit, dws_W, dws_b, xi, U, loss, dW, db, noise,
+                      hp)
+    return *moved[:5], noise, *moved[5:]
 
 
 # ---------------------------------------------------------------------------------------------
 # Compiled or eager: one step function per (activation, bias)
 
-STEP_OUTPUTS = 9  # what `tms_sgld_step` returns without `materialize`
-
 
 def step_function(activation: str, bias: bool, compiled: bool) -> Callable[..., tuple[Tensor, ...]]:
     """The step for one activation: `fn(*state, x, imp, noise, hp)`.
 
-    compiled=True wraps it in torch.compile (dynamic shapes: one compile per activation, n and
-    m, reused for every chunk; cached on disk by torch across processes).
+    compiled=True runs the step's two halves through torch.compile, each built once per
+    process and cached on disk by torch across processes (dynamic shapes: one compile per n and
+    m, reused for every chunk):
+    - `loss_and_grad` once per activation: 3-5 s from a cold cache;
+    - `sgld_move` once for all activations (per bias).
+    One kernel fusing the whole step cost 13-16 s per activation to compile (activations27's
+    29 kernels: 445 s against 141 s split, benchmarks/llc_throughput.py's warm-up, 2026-12-03);
+    the halves exchange only (I, P)-sized tensors and the gradient, and give that kernel's
+    numbers bit for bit. The price is a second call per step: ~75 us, about 4.5% of a step
+    over the 29 activations at the engine's tile size.
     """
     act = get_activation(activation)
-
-    def step(*args: Tensor) -> tuple[Tensor, ...]:
-        return tms_sgld_step(act, bias, *args, materialize=compiled)
-
     if not compiled:
-        return step
-    return compile_once(("sgld_step", activation, bias),
-                        lambda: _compiled(with_own_code(step, f"sgld_step_{activation}_{int(bias)}")))
+        return lambda *args: tms_sgld_step(act, bias, *args)
+
+    def first_half(W: Tensor, b: Tensor, x: Tensor, imp: Tensor, hp: Tensor
+                   ) -> tuple[Tensor, ...]:
+        return loss_and_grad(act, W, b, x, imp, hp, materialize=True)
+
+    def move(*args: Tensor) -> tuple[Tensor, ...]:
+        return sgld_move(bias, *args)
+
+    first = compile_once(("sgld_loss_and_grad", activation), lambda: _compiled(
+        with_own_code(first_half, f"sgld_loss_and_grad_{activation}"), FIRST_DYNAMIC,
+        outputs=3))
+    second = compile_once(("sgld_move", bias), lambda: _compiled(
+        with_own_code(move, f"sgld_move_{int(bias)}"), MOVE_DYNAMIC, outputs=8))
+
+    def step(W: Tensor, b: Tensor, W0: Tensor, b0: Tensor, alive: Tensor, limit: Tensor,
+             dws_W: Tensor, dws_b: Tensor, xi: Tensor, U: Tensor, x: Tensor, imp: Tensor,
+             noise: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
+        loss, dW, db = first(W, b, x, imp, hp)
+        moved = second(W, b, W0, b0, alive, limit, dws_W, dws_b, xi, U, loss, dW, db, noise, hp)
+        return *moved[:5], noise, *moved[5:]
+
+    return step
 
 
-def _compiled(fn: Callable[..., tuple[Tensor, ...]]) -> Callable[..., tuple[Tensor, ...]]:
-    """torch.compile with every dimension dynamic and no "duck sizing" (which would tie equal
-    sizes together and recompile when a later chunk breaks the tie)."""
+# The axes of each argument that vary between calls: instances (first), chains (last) and the
+# minibatch (x's second). m and n stay fixed, so inductor unrolls the small contractions over
+# them. hp: none.
+_CHAINS = (0, -1)
+FIRST_DYNAMIC = (_CHAINS, _CHAINS, (0, 1), (0,), ())  # W, b, x, imp, hp
+MOVE_DYNAMIC = (*[_CHAINS] * 14, ())  # W, ..., U, loss, dW, db, noise; hp
+
+
+def _compiled(fn: Callable[..., tuple[Tensor, ...]], dynamic: tuple[tuple[int, ...], ...],
+              outputs: int) -> Callable[..., tuple[Tensor, ...]]:
+    """torch.compile with the axes `dynamic` names dynamic (one per argument) and no "duck
+    sizing" (which would tie equal sizes together and recompile when a later chunk breaks the
+    tie). -> the first `outputs` results."""
     from torch.fx.experimental import _config as fx_config
 
     compiled = torch.compile(fn, dynamic=False)
-    seen: set[tuple[torch.Size, torch.Size]] = set()
+    seen: set[tuple[tuple[torch.Size, tuple[int, ...]], ...]] = set()
 
     def run(*args: Tensor) -> tuple[Tensor, ...]:
-        # instances (first axis), chains (last axis) and the batch size vary between calls;
-        # m and n stay fixed, so inductor unrolls the small contractions over them. Marks
-        # matter only to a call that compiles, which only a new shape can make: mark those
-        # (marking all 14 tensors of every call cost 35 us of a 300 us step).
-        shapes = (args[0].shape, args[10].shape)  # W: (I, m, n, P), x: (I, B, n)
-        if shapes not in seen:
-            seen.add(shapes)
-            for k, t in enumerate(args[:-1]):
-                torch._dynamo.maybe_mark_dynamic(t, 0)
-                if k not in (10, 11):  # chain layout: the chains are the last axis
-                    torch._dynamo.maybe_mark_dynamic(t, t.dim() - 1)
-            torch._dynamo.maybe_mark_dynamic(args[10], 1)  # x: (I, B, n)
-        duck = fx_config.use_duck_shape  # (config.patch costs more than the call itself)
+        # Only a call with shapes (and strides: dynamo guards both) not seen before can trace
+        # and compile: mark its dynamic axes and switch duck sizing off for it alone (marking
+        # every tensor and patching the config on every call cost ~15 us of a ~300 us call).
+        shapes = tuple((t.shape, t.stride()) for t in args)
+        if shapes in seen:
+            return compiled(*args)[:outputs]
+        for t, dims in zip(args, dynamic, strict=True):
+            for d in dims:
+                torch._dynamo.maybe_mark_dynamic(t, d % t.dim())
+        duck = fx_config.use_duck_shape
         fx_config.use_duck_shape = False
         try:
-            return compiled(*args)[:STEP_OUTPUTS]
+            result = compiled(*args)[:outputs]
         finally:
             fx_config.use_duck_shape = duck
+        seen.add(shapes)
+        return result
 
     return run
