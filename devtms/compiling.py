@@ -8,7 +8,8 @@ and each compiled function is built once per process (`compile_once`).
 
 The compiled kernels are kept in `kernel_cache_dir()`: torch's own cache, moved from the temp
 directory (which many systems empty at every boot) to the user's cache directory, so a machine
-pays activations27's ~3 min of cold compiling once per torch version, not once per boot.
+pays activations27's cold compiling (2-3 min in one process) once per torch version, not once
+per boot.
 TORCHINDUCTOR_CACHE_DIR, where set, wins.
 """
 
