@@ -17,6 +17,7 @@ from devtms.activations import (
     get_activation,
     vjp_grouped,
 )
+from devtms.compiling import compile_available, with_own_code
 from devtms.errors import UserError
 
 # torch.nn modules (the oracle), applied to (..., n) with features on the last axis.
@@ -178,3 +179,46 @@ def test_the_activations_command_lists_every_variant_with_its_properties(capsys)
                     act.over_features]
         assert flags[:5] == ["yes" if f else "-" for f in expected], name
         assert " ".join(flags[5:]) == " ".join(act.definition.split()), name
+
+
+# z at every kink and boundary of the family members (both zeros, the float32 neighbours of the
+# closed ends), far out, and a dense grid. Finite: see `Family` on infinities.
+_FAMILY_POINTS = torch.cat([
+    torch.tensor([0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 6.0, 20.0, -20.0, 1e30, -1e30]),
+    torch.nextafter(torch.tensor([0.0, -1.0, 1.0, 6.0, 0.5, -0.5]), torch.tensor(float("inf"))),
+    torch.nextafter(torch.tensor([0.0, -1.0, 1.0, 6.0, 0.5, -0.5]), torch.tensor(float("-inf"))),
+    torch.linspace(-8, 8, 4001),
+])
+
+
+def test_every_family_member_computes_its_own_function_and_slope():
+    members = [a for a in REGISTRY.values() if a.family is not None]
+    assert {a.name for a in members} == {"relu", "leaky_relu", "hardtanh", "relu6", "hardshrink",
+                                         "softshrink", "elu", "celu", "selu", "exp_linear"}
+    z = _FAMILY_POINTS[:-2001]  # the points and half the grid
+    for act in members:
+        c = torch.tensor(act.constants)
+        out = act.family.fn(z, c)
+        torch.testing.assert_close(out, act.fn(z), rtol=1e-6, atol=0, msg=act.name)
+        torch.testing.assert_close(act.family.slope(z, out, c), act.slope(z, act.fn(z)),
+                                   rtol=1e-6, atol=0, equal_nan=True, msg=act.name)
+
+
+@pytest.mark.skipif(not compile_available(), reason="torch.compile needs a C++ compiler")
+def test_a_family_kernel_computes_each_members_own_kernels_numbers_bit_for_bit():
+    """What the SGLD step relies on: compiled, a family's formula with a member's constants
+    gives the member's own function and slope exactly (one kernel per family, one per member
+    as the reference: ~1 s each from a cold compile cache)."""
+    z = _FAMILY_POINTS
+    for family in {a.family for a in REGISTRY.values() if a.family is not None}:
+        def shared(z, c, family=family):
+            out = family.fn(z, c)
+            return out, family.slope(z, out, c)
+        shared = torch.compile(with_own_code(shared, f"test_{family.name}"), dynamic=False)
+        for act in (a for a in REGISTRY.values() if a.family is family):
+            def own(z, act=act):
+                out = act.fn(z)
+                return out, act.slope(z, out)
+            own = torch.compile(with_own_code(own, f"test_own_{act.name}"), dynamic=False)
+            for got, expected in zip(shared(z, torch.tensor(act.constants)), own(z), strict=True):
+                assert torch.equal(got, expected), act.name

@@ -283,3 +283,12 @@ def test_chunk_plan_covers_every_pending_estimate_once():
         covered = [(i, s) for instances, steps in chunks for i in instances for s in steps]
         assert sorted(covered) == sorted(pending)
         assert all(len(i) * len(s) <= max(size, 1) for i, s in chunks)
+
+
+def test_workers_meet_each_kernel_first_in_different_chunks():
+    from devtms.llc.plan import first_compiles_first
+
+    chunks = [("relu", 0), ("relu", 1), ("gelu", 2), ("gelu", 3), ("gelu", 4), ("tanh", 5)]
+    ordered = first_compiles_first(chunks, lambda chunk: chunk[0])
+    assert ordered == [("relu", 0), ("gelu", 2), ("tanh", 5), ("relu", 1), ("gelu", 3),
+                       ("gelu", 4)]

@@ -194,3 +194,11 @@ def test_noise_is_keyed_by_the_estimate():
     assert not torch.equal(a, noise_block(4, 0, 100, p, 0, 6))  # another instance
     assert not torch.equal(a, noise_block(3, 0, 100, p, 1, 6))  # the next block
     assert math.isclose(float(a.std()), 1.0, rel_tol=0.1)
+
+
+def test_family_members_share_one_compiled_kernel_and_the_rest_have_their_own():
+    kernels = {name: sgld.kernel_name(name) for name in ALL}
+    assert kernels["relu"] == kernels["softshrink"] == "piecewise_linear"
+    assert kernels["selu"] == kernels["exp_linear"] == "elu_family"
+    assert kernels["gelu"] == "gelu" and kernels["linear"] == "linear"
+    assert len(ALL) == 29 and len(set(kernels.values())) == 21

@@ -8,13 +8,16 @@ for the over-features activations, fixes an estimate's last float32 bits; devtms
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from devtms.compiling import compile_available
 from devtms.config import RunConfig
 from devtms.llc.batched import NOISE_BLOCK
 from devtms.llc.params import LLCParams
 from devtms.schedule import checkpoint_steps
+
+T = TypeVar("T")
 
 MEMORY_BUDGET = 512 * 2**20  # bytes a chunk may use (auto chunk size)
 COMPILE_MIN_WORK = 1e9  # auto: compile when a run's LLC job is this many loss terms per activation
@@ -49,6 +52,25 @@ def plan_chunks(pending: Iterable[tuple[int, int]], chunk_size: int
             for j in range(0, len(instances), per):
                 chunks.append((instances[j : j + per], list(steps)))
     return chunks
+
+
+def first_compiles_first(chunks: list[T], kernel_of: Callable[[T], str]) -> list[T]:
+    """`chunks` reordered so that each compiled kernel is first needed by one worker at a time:
+    the first chunk of every kernel, then the second of each, and so on (stable).
+
+    Workers take chunks in order. In instance order, two workers start the same activation
+    at the same moment, both miss torch's disk cache and compile the same kernel twice; in this
+    order they compile different kernels side by side. The order of the work, not its chunks:
+    every estimate's numbers, and llc.csv (sorted), stay the same.
+    """
+    seen: dict[str, int] = {}
+    ranks = []
+    for chunk in chunks:
+        kernel = kernel_of(chunk)
+        ranks.append(seen.get(kernel, 0))
+        seen[kernel] = ranks[-1] + 1
+    order = sorted(range(len(chunks)), key=lambda k: (ranks[k], k))
+    return [chunks[k] for k in order]
 
 
 def bytes_per_estimate(params: LLCParams, m: int, n: int, compiled: bool) -> int:

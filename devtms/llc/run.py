@@ -19,8 +19,9 @@ from devtms.executors import AutoExecutor, Executor, LocalExecutor
 from devtms.llc import table as llc_table
 from devtms.llc.active import active_setting
 from devtms.llc.engines import estimate_chunk
-from devtms.llc.plan import auto_chunk_size, plan_chunks
+from devtms.llc.plan import auto_chunk_size, first_compiles_first, plan_chunks
 from devtms.llc.request import LLCRequest, RunInputs
+from devtms.llc.sgld import kernel_name
 from devtms.progress import progress_bar
 from devtms.store import RunDir
 from devtms.threads import threads_for, torch_threads
@@ -96,8 +97,10 @@ def _estimate(run: RunDir, table: pd.DataFrame, plans: list[_Plan], executor: Ex
     inputs = RunInputs(run, sorted({i for p in plans for c in p.chunks for i in c[0]}),
                        sorted({s for p in plans for c in p.chunks for s in c[1]}))
     llc_table.remove_orphan_traces(run, table)
-    tasks = (inputs.task(instances, steps, p.request) for p in plans
-             for instances, steps in p.chunks)
+    activation = dict(zip(inputs.table["instance"], inputs.table["activation"], strict=True))
+    work = first_compiles_first([(p.request, chunk) for p in plans for chunk in p.chunks],
+                                lambda job: kernel_name(activation[job[1][0][0]]))
+    tasks = (inputs.task(instances, steps, request) for request, (instances, steps) in work)
     todo = set().union(*(p.todo for p in plans))  # instances differ between settings
     n = run.config.model.n_features
     first = plans[0].request

@@ -29,8 +29,9 @@ Why the step is written the way it is:
   activations' (softmax, solu, ...) vjp in the registry, plain tensor ops, checked against
   autograd in tests/test_activations.py.
 - Under torch.compile the step is two kernels: `loss_and_grad` (forward and gradient, one per
-  activation) and `sgld_move` (update, health mask and MALA terms, one for all activations),
-  so a new activation costs a small compile (`step_function`).
+  activation, or one per family of activations that differ only in constants) and `sgld_move`
+  (update, health mask and MALA terms, one for all activations), so a new activation costs a
+  small compile or none (`step_function`).
   Without torch.compile the same code runs eagerly.
 - A chain whose minibatch loss is not finite or exceeds its `limit` is marked dead, reset to w*
   and frozen: its slot keeps computing finite numbers, so it cannot poison any other chain.
@@ -67,10 +68,14 @@ def sgld_update(w: Tensor, grad: Tensor, w_star: Tensor, noise: Tensor, eps: Ten
     return w - (0.5 * eps) * dws + (eps ** 0.5) * noise, dws
 
 
-def value_and_vjp(act: Activation) -> Callable[[Tensor], tuple[Tensor, Callable[[Tensor], Tensor],
-                                                             tuple[Tensor, ...]]]:
+def value_and_vjp(act: Activation, constants: Tensor | None = None
+                  ) -> Callable[[Tensor], tuple[Tensor, Callable[[Tensor], Tensor],
+                                                tuple[Tensor, ...]]]:
     """act -> (z -> (f(z), v -> v^T df/dz, reused)) for preactivations z in chain layout
     (I, B, n, P), differentiated as `Activation.pullback` chooses (traceable form).
+
+    constants: a family member's constants as a tensor (`activations.Family`): f is then
+    computed by its family's formula, so one compiled kernel serves the whole family.
 
     Elementwise activations: v * f'(z), and `reused` = (f(z),), which more than one of the
     step's loops reads: materialized under torch.compile, it is computed once instead of in
@@ -78,6 +83,15 @@ def value_and_vjp(act: Activation) -> Callable[[Tensor], tuple[Tensor, Callable[
     over-features ones act along the features, which chain layout keeps second to last: they
     see them moved last. Neither has anything else to reuse.
     """
+    if constants is not None:
+        family = act.family
+
+        def member(z: Tensor):
+            out = family.fn(z, constants)
+            slope = family.slope(z, out, constants)
+            return out, lambda v: v * slope, (out,)
+        return member
+
     if not act.over_features:
         def elementwise(z: Tensor):
             out = act.fn(z)
@@ -157,10 +171,12 @@ def fixed_sum(t: Tensor, dim: int) -> Tensor:
 
 
 def loss_and_grad(act: Activation, W: Tensor, b: Tensor, x: Tensor, imp: Tensor, hp: Tensor,
-                  materialize: bool = False) -> tuple[Tensor, ...]:
+                  materialize: bool = False, constants: Tensor | None = None
+                  ) -> tuple[Tensor, ...]:
     """The activation's half of a step: every chain's minibatch loss and its gradient. Pure.
 
-    W: (I, m, n, P); b: (I, n, P); x: (I, B, n); imp: (I, n); hp as in `tms_sgld_step`.
+    W: (I, m, n, P); b: (I, n, P); x: (I, B, n); imp: (I, n); hp as in `tms_sgld_step`;
+    constants: as in `value_and_vjp`.
     -> loss (I, P), dW (I, m, n, P), db (I, n, P)
 
     materialize=True also returns dL/dpre, h, the per-sample error and what
@@ -173,7 +189,7 @@ def loss_and_grad(act: Activation, W: Tensor, b: Tensor, x: Tensor, imp: Tensor,
     x5 = x[:, :, None, :, None]  # (I, B, 1, n, 1)
     h = fixed_sum(x5 * W[:, None], 3)  # h = W x: (I, B, m, P)
     pre = b[:, None] + fixed_sum(h[:, :, :, None] * W[:, None], 2)  # W^T h + b: (I, B, n, P)
-    out, vjp, reused = value_and_vjp(act)(pre)
+    out, vjp, reused = value_and_vjp(act, constants)(pre)
     diff = out - x[..., None]  # (I, B, n, P)
     wdiff = imp[:, None, :, None] * diff
     err = fixed_sum(wdiff * diff, 2)  # weighted squared error per sample: (I, B, P)
@@ -269,7 +285,10 @@ def step_function(activation: str, bias: bool, compiled: bool) -> Callable[..., 
     compiled=True runs the step's two halves through torch.compile, each built once per
     process and cached on disk by torch across processes (dynamic shapes: one compile per n and
     m, reused for every chunk):
-    - `loss_and_grad` once per activation: 3-5 s from a cold cache;
+    - `loss_and_grad` once per `kernel_name`: the activation's own, or one for all members of
+      its family (`activations.Family`, their constants an input): 3-5 s from a cold cache
+      (activations27's 29 activations: 21 kernels; the llc_throughput warm-up 155 s -> 124 s,
+      and a family member's step runs within a few percent of its own kernel's);
     - `sgld_move` once for all activations (per bias).
     One kernel fusing the whole step cost 13-16 s per activation to compile (activations27's
     29 kernels: 445 s against 141 s split, benchmarks/llc_throughput.py's warm-up, 2026-12-03);
@@ -281,34 +300,47 @@ def step_function(activation: str, bias: bool, compiled: bool) -> Callable[..., 
     if not compiled:
         return lambda *args: tms_sgld_step(act, bias, *args)
 
-    def first_half(W: Tensor, b: Tensor, x: Tensor, imp: Tensor, hp: Tensor
+    family = act.family
+
+    def first_half(W: Tensor, b: Tensor, x: Tensor, imp: Tensor, hp: Tensor, c: Tensor
                    ) -> tuple[Tensor, ...]:
-        return loss_and_grad(act, W, b, x, imp, hp, materialize=True)
+        return loss_and_grad(act, W, b, x, imp, hp, materialize=True,
+                             constants=None if family is None else c)
 
     def move(*args: Tensor) -> tuple[Tensor, ...]:
         return sgld_move(bias, *args)
 
-    first = compile_once(("sgld_loss_and_grad", activation), lambda: _compiled(
-        with_own_code(first_half, f"sgld_loss_and_grad_{activation}"), FIRST_DYNAMIC,
-        outputs=3))
+    kernel = kernel_name(activation)
+    first = compile_once(("sgld_loss_and_grad", kernel), lambda: _compiled(
+        with_own_code(first_half, f"sgld_loss_and_grad_{kernel}"), FIRST_DYNAMIC, outputs=3))
     second = compile_once(("sgld_move", bias), lambda: _compiled(
         with_own_code(move, f"sgld_move_{int(bias)}"), MOVE_DYNAMIC, outputs=8))
+    constants: dict[torch.device, Tensor] = {}  # act.constants on each device it runs on
 
     def step(W: Tensor, b: Tensor, W0: Tensor, b0: Tensor, alive: Tensor, limit: Tensor,
              dws_W: Tensor, dws_b: Tensor, xi: Tensor, U: Tensor, x: Tensor, imp: Tensor,
              noise: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
-        loss, dW, db = first(W, b, x, imp, hp)
+        c = constants.get(W.device)
+        if c is None:
+            c = constants[W.device] = torch.tensor(act.constants, dtype=W.dtype, device=W.device)
+        loss, dW, db = first(W, b, x, imp, hp, c)
         moved = second(W, b, W0, b0, alive, limit, dws_W, dws_b, xi, U, loss, dW, db, noise, hp)
         return *moved[:5], noise, *moved[5:]
 
     return step
 
 
+def kernel_name(activation: str) -> str:
+    """The compiled loss-and-gradient kernel `activation` runs on: its family's, else its own."""
+    family = get_activation(activation).family
+    return activation if family is None else family.name
+
+
 # The axes of each argument that vary between calls: instances (first), chains (last) and the
 # minibatch (x's second). m and n stay fixed, so inductor unrolls the small contractions over
-# them. hp: none.
+# them. hp and the constants: none.
 _CHAINS = (0, -1)
-FIRST_DYNAMIC = (_CHAINS, _CHAINS, (0, 1), (0,), ())  # W, b, x, imp, hp
+FIRST_DYNAMIC = (_CHAINS, _CHAINS, (0, 1), (0,), (), ())  # W, b, x, imp, hp, constants
 MOVE_DYNAMIC = (*[_CHAINS] * 14, ())  # W, ..., U, loss, dW, db, noise; hp
 
 
