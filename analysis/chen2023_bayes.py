@@ -19,7 +19,7 @@ Figures (OUT/figures/, PNG and PDF):
                     and the counted gap: the posterior as a check of the LLC estimates
   phases.csv, crossovers.csv, sequences.csv, implied_llc.csv   the numbers
 
-Time on 2 CPU cores: about 2.5 minutes (training 5 s, LLC 20 s, bayes 2 min); --small about
+Time on 2 CPU cores: about 3 minutes (training 5 s, LLC ~40 s, bayes 2 min); --small about
 a minute; --smoke (for tests) about 15 s.
 """
 

@@ -6,9 +6,9 @@ Runs (into OUT, default runs/chen2023_kgons):
   chen2023/   the `chen2023` preset: 6 features, 2 hidden, with bias, single-feature data, a
               finite training set of N = 1000, SGD lr 0.01 momentum 0.9, batch 100, 20,000
               steps, 60 log-spaced checkpoints, 16 seeds; then `devtms llc` at every checkpoint
-              at the preset's calibrated setting (devtms calibrate --auto: eps 3e-3,
-              gamma 5, 8 chains x 1000 draws after 500 burn-in, on the loss summed over
-              features) and `devtms analyze` (k-gons, loss drops, LLC jumps, the LLC levels
+              at the preset's calibrated setting (eps 3e-3 and gamma 5 from devtms
+              calibrate --auto, 8 chains x 2000 draws after 1000 burn-in, on the loss summed
+              over features) and `devtms analyze` (k-gons, loss drops, LLC jumps, the LLC levels
               either side of each drop, and their alignment)
 
 Figures (OUT/figures/, PNG and PDF):
@@ -21,8 +21,8 @@ Figures (OUT/figures/, PNG and PDF):
   final_kgons.png      the final polygon of every seed
   sequences.csv, plateaus.csv, alignment.csv, llc_across_drops.csv   the numbers
 
-Time on 2 CPU cores shared with other jobs (load average 6-10): 10 minutes (training 1 min,
-the LLC of 16 seeds x 60 checkpoints 7.5 min, analysis and figures 1.5 min); --small (4 seeds,
+Time on 2 CPU cores, which also ran the test suite: 85 s (2026-12-03: training 9 s, the LLC
+of 16 seeds x 60 checkpoints 66 s, analysis and figures 9 s); --small (4 seeds,
 3000 steps, 2 chains x 50 draws): under a minute; --smoke (for tests): about 10 s.
 """
 
