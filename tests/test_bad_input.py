@@ -194,6 +194,8 @@ CASES = [
          "given twice"),
     # -- study ----------------------------------------------------------------------------------
     Case("study bad preset", ["study", "no-such-preset"], "unknown preset 'no-such-preset'"),
+    Case("study --setting on a new run", ["study", CFG, "--setting", "zzz"],
+         "--setting 'zzz' names no setting of", config_file()),
     Case("study bad config", ["study", CFG], "model.n_hidden = 5",
          config_file(model={"n_hidden": 5})),
     Case("study bad --device", ["study", CFG, "--device", "toaster"], "--device 'toaster'",

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from devtms.commands import (
     add_device,
@@ -16,6 +17,9 @@ from devtms.commands import (
     open_executor,
 )
 from devtms.commands.analyze import add_setting
+
+if TYPE_CHECKING:
+    from devtms.config import RunConfig
 
 DESCRIPTION = """\
 Run a whole study on a config or preset: train every instance, estimate the LLC at every
@@ -68,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     config, out, action = prepare_run_dir(args.config, args.out, resume=not args.force,
                                           force=args.force)
+    if args.setting and action in ("create", "replace"):
+        check_new_run_setting(args.setting, config, out)
     device = check_device(args.device)
     threads = check_threads(args.threads)
     start = time.perf_counter()
@@ -84,3 +90,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     print(f"done in {time.perf_counter() - start:.0f} s; open {result.report}")
     return 0
+
+
+def check_new_run_setting(setting_id: str, config: RunConfig, out: Path) -> None:
+    """--setting on a run this study starts: only the config's own setting can exist once the
+    LLC stage has run, so any other id fails here, before anything is written (an existing
+    run's ids are checked against its llc.csv by run_study)."""
+    from devtms.errors import UserError
+    from devtms.llc.active import config_settings
+
+    own = config_settings(config).id
+    if setting_id != own:
+        raise UserError(f"--setting {setting_id!r} names no setting of {out}, a new run: its "
+                        f"LLC stage computes the config's setting, {own}")
