@@ -103,13 +103,14 @@ def run_chains(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance
     return draws, mala
 
 
-def tile_shape(I: int, S: int, chains: int, compiled: bool) -> tuple[int, int]:
-    """Instances x steps per tile: about TILE_CHAINS chains, tiles of equal size. Every instance
-    of the group in each tile when they fit, else about equal groups of instances with all
-    their steps, and never one instance alone when compiled (that would run a twin, see
-    _run_tile). Steps are split last, into equal parts.
+def tile_shape(I: int, S: int, chains: int, compiled: bool, tile: int | None = None
+               ) -> tuple[int, int]:
+    """Instances x steps per tile: about `tile` chains (default TILE_CHAINS), tiles of equal
+    size. Every instance of the group in each tile when they fit, else about equal groups of
+    instances with all their steps, and never one instance alone when compiled (that would
+    run a twin, see _run_tile). Steps are split last, into equal parts.
     """
-    tile = TILE_CHAINS[compiled]
+    tile = tile or TILE_CHAINS[compiled]
     if I * chains <= tile:
         i_tile = I
     else:

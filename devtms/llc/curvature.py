@@ -93,13 +93,20 @@ def slopes(task: ChunkTask) -> Slopes:
 
 
 def hessian_min(task: ChunkTask, i: int, s: int) -> float:
-    """The smallest eigenvalue of the Hessian of L_N at checkpoint (i, s): forward differences
-    of the exact gradient, symmetrized (the d displaced copies in batched calls). NaN where
-    not finite, and for models of more than MAX_HESSIAN_PARAMS parameters."""
+    """The smallest eigenvalue of the Hessian of L_N at checkpoint (i, s). NaN where the
+    Hessian is not finite, and for models of more than MAX_HESSIAN_PARAMS parameters."""
+    H = hessian(task, i, s)
+    return float("nan") if H is None else float(torch.linalg.eigvalsh(H)[0])
+
+
+def hessian(task: ChunkTask, i: int, s: int) -> Tensor | None:
+    """The Hessian of L_N over the sampled parameters at checkpoint (i, s), float64 (d, d):
+    forward differences of the exact gradient, symmetrized (the d displaced copies in batched
+    calls). None where not finite, and for models of more than MAX_HESSIAN_PARAMS parameters."""
     m, n = task.W0.shape[2:]
     d = num_parameters(m, n, task.bias)
     if d > MAX_HESSIAN_PARAMS:
-        return float("nan")
+        return None
     with torch.no_grad():
         theta = parameters(task, i)[s]  # (m n + n,)
         gradient = gradient_function(task, i)
@@ -107,9 +114,7 @@ def hessian_min(task: ChunkTask, i: int, s: int) -> float:
         h = FD_STEP * max(1.0, float(theta.abs().max()))
         H = (gradient(theta + h * torch.eye(d, theta.shape[0], dtype=torch.float64)) - g) / h
         H = (H + H.T) / 2
-        if not torch.isfinite(H).all():
-            return float("nan")
-        return float(torch.linalg.eigvalsh(H)[0])
+        return H if torch.isfinite(H).all() else None
 
 
 def parameters(task: ChunkTask, i: int) -> Tensor:

@@ -300,6 +300,33 @@ def step_function(activation: str, bias: bool, compiled: bool) -> Callable[..., 
     if not compiled:
         return lambda *args: tms_sgld_step(act, bias, *args)
 
+    first = loss_and_grad_function(activation, compiled=True)
+
+    def move(*args: Tensor) -> tuple[Tensor, ...]:
+        return sgld_move(bias, *args)
+
+    second = compile_once(("sgld_move", bias), lambda: _compiled(
+        with_own_code(move, f"sgld_move_{int(bias)}"), MOVE_DYNAMIC, outputs=8))
+
+    def step(W: Tensor, b: Tensor, W0: Tensor, b0: Tensor, alive: Tensor, limit: Tensor,
+             dws_W: Tensor, dws_b: Tensor, xi: Tensor, U: Tensor, x: Tensor, imp: Tensor,
+             noise: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
+        loss, dW, db = first(W, b, x, imp, hp)
+        moved = second(W, b, W0, b0, alive, limit, dws_W, dws_b, xi, U, loss, dW, db, noise, hp)
+        return *moved[:5], noise, *moved[5:]
+
+    return step
+
+
+def loss_and_grad_function(activation: str, compiled: bool) -> Callable[..., tuple[Tensor, ...]]:
+    """The loss-and-gradient half of a step for one activation: `fn(W, b, x, imp, hp)` ->
+    (loss, dW, db), shapes as in `loss_and_grad`. Any minibatch size (x's second axis): the
+    SGLD step's minibatch, or a whole dataset (devtms.llc.mala).
+
+    compiled=True: the activation's kernel (`kernel_name`), built once per process."""
+    act = get_activation(activation)
+    if not compiled:
+        return lambda W, b, x, imp, hp: loss_and_grad(act, W, b, x, imp, hp)
     family = act.family
 
     def first_half(W: Tensor, b: Tensor, x: Tensor, imp: Tensor, hp: Tensor, c: Tensor
@@ -307,27 +334,18 @@ def step_function(activation: str, bias: bool, compiled: bool) -> Callable[..., 
         return loss_and_grad(act, W, b, x, imp, hp, materialize=True,
                              constants=None if family is None else c)
 
-    def move(*args: Tensor) -> tuple[Tensor, ...]:
-        return sgld_move(bias, *args)
-
     kernel = kernel_name(activation)
     first = compile_once(("sgld_loss_and_grad", kernel), lambda: _compiled(
         with_own_code(first_half, f"sgld_loss_and_grad_{kernel}"), FIRST_DYNAMIC, outputs=3))
-    second = compile_once(("sgld_move", bias), lambda: _compiled(
-        with_own_code(move, f"sgld_move_{int(bias)}"), MOVE_DYNAMIC, outputs=8))
     constants: dict[torch.device, Tensor] = {}  # act.constants on each device it runs on
 
-    def step(W: Tensor, b: Tensor, W0: Tensor, b0: Tensor, alive: Tensor, limit: Tensor,
-             dws_W: Tensor, dws_b: Tensor, xi: Tensor, U: Tensor, x: Tensor, imp: Tensor,
-             noise: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
+    def run(W: Tensor, b: Tensor, x: Tensor, imp: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
         c = constants.get(W.device)
         if c is None:
             c = constants[W.device] = torch.tensor(act.constants, dtype=W.dtype, device=W.device)
-        loss, dW, db = first(W, b, x, imp, hp, c)
-        moved = second(W, b, W0, b0, alive, limit, dws_W, dws_b, xi, U, loss, dW, db, noise, hp)
-        return *moved[:5], noise, *moved[5:]
+        return first(W, b, x, imp, hp, c)
 
-    return step
+    return run
 
 
 def kernel_name(activation: str) -> str:
