@@ -7,7 +7,7 @@ product activation x sparsity x importance_ratio x seed, one TMS instance per co
     [data]         kind, sparsity (swept), importance_ratio (swept), n_samples, eval_samples
     [train]        steps, batch_size, optimizer, lr, ..., init, seeds (swept)
     [checkpoints]  log_points, linear_every
-    [llc]          eps, gamma, n_beta, chains, draws, burnin, batch_size, seed, n_samples
+    [llc]          eps, gamma, n_beta, chains, draws, burnin, batch_size, seed, n_samples, precond
 
 Unknown keys, wrong types and out-of-range values are errors that name the field:
 
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 # configs start without it (and without torch: activation names come from activation_properties).
 
 DataKind = Literal["sparse-uniform", "single-feature", "one-hot-binary"]
+# SGLD's preconditioner: none (plain SGLD) or rmsprop (pSGLD, Li et al. 2016; devtms.llc.sgld)
+Precond = Literal["none", "rmsprop"]
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,9 @@ class LLCOverride:
     gamma: float | None = None
     draws: int | None = None
     burnin: int | None = None
+    # None: unset. Not `Precond | None`, which the parser would read "none" into (unset), so
+    # that an activation could not go back to plain SGLD under [llc] precond = "rmsprop".
+    precond: Literal[Precond, None] = None
 
     def values(self) -> dict[str, Any]:
         """The fields that are set."""
@@ -169,6 +174,7 @@ class LLCConfig:
     batch_size: int = 100  # SGLD minibatch, drawn from the instance's training set
     seed: int = 0
     n_samples: int = 1000  # fresh-data runs only: size of the fixed set the LLC is measured on
+    precond: Precond = "none"  # SGLD's preconditioner
     # activation name -> the values its instances use instead of the ones above
     by_activation: dict[str, LLCOverride] = field(default_factory=dict)
 

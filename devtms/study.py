@@ -29,12 +29,14 @@ class StudyResult:
 
 def run_study(run: RunDir, *, device: str = "cpu", executor: Executor | None = None,
               progress: bool = True, say: Callable[[str], None] = print,
-              llc_setting: str | None = None, threads: int | None = None) -> StudyResult:
+              llc_setting: str | None = None, threads: int | None = None, check: bool = True
+              ) -> StudyResult:
     """Run every stage on `run` (the caller holds the run lock). llc_setting: the id of the LLC
     setting analyze and report read (default: the run's active one); checked first. threads:
-    torch threads of train and llc (None: devtms.threads' policy)."""
+    torch threads of train and llc (None: devtms.threads' policy). check: the LLC stage's
+    self-check against the exact engine (devtms.llc.check)."""
     from devtms.analyze import analyze_run
-    from devtms.llc import build_request, choose, read_llc_table, run_llc
+    from devtms.llc import build_request, check_lines, choose, read_llc_table, run_llc
     from devtms.report import default_out, load_run, write_report
     from devtms.train import train_run
 
@@ -58,13 +60,18 @@ def run_study(run: RunDir, *, device: str = "cpu", executor: Executor | None = N
 
     def llc() -> str:
         request = build_request(run, device=device)
-        summary = run_llc(run, request, executor, progress=progress, threads=threads)
+        summary = run_llc(run, request, executor, progress=progress, threads=threads,
+                          check=check)
         states = f" ({summary.state_counts})" if summary.unhealthy else ""
         # the health of what was computed now (the rest is in llc.csv)
         health = f", {summary.unhealthy} of them not healthy{states}" if summary.computed else ""
         where = f"; in {summary.executor}" if summary.executor else ""
+        checked = f"; self-check: {summary.check.computed} reference estimates computed" \
+            if summary.check and summary.check.computed else ""
+        for line in check_lines(run, request.settings):
+            say(f"         {line}")
         return (f"setting {request.settings.id}: {summary.computed} estimates "
-                f"computed{health}, {summary.already_done} already done{where}")
+                f"computed{health}, {summary.already_done} already done{where}{checked}")
 
     def analyze() -> str:
         analyzed = analyze_run(run, progress=progress, llc_setting=llc_setting)

@@ -135,3 +135,28 @@ def test_an_activations_own_llc_values_replace_the_sections_for_it_alone(tmp_pat
     assert (tanh.eps, tanh.draws) == (0.001, 80) and (base.eps, base.draws) == (0.003, 20)
     assert dataclasses.replace(tanh, eps=base.eps, draws=base.draws) == base
     assert settings.of("relu") == settings.default and settings.id.startswith(base.tag("batched"))
+
+
+def test_the_preconditioner_is_an_llc_value_and_an_activation_can_have_its_own(tmp_path):
+    """[llc] precond = "rmsprop" with one activation back on plain SGLD ("none" is a value,
+    not "unset") and one on eps alone: the TOML round-trips, and each activation's setting has
+    its preconditioner."""
+    from devtms.llc import config_settings
+
+    text = (tiny_config(llc={"precond": "rmsprop"}).toml
+            + '\n[llc.by_activation.tanh]\nprecond = "none"\n'
+            + "\n[llc.by_activation.gelu]\neps = 0.001\n")
+    path = tmp_path / "precond.toml"
+    path.write_text(text)
+    config = load_config(path)
+    assert config.llc.precond == "rmsprop"
+    assert config_from_dict(config.to_dict()) == config
+    settings = config_settings(config)
+    assert settings.default.params.precond == "rmsprop"
+    assert settings.of("tanh").params.precond == "none"
+    assert (settings.of("gelu").params.precond, settings.of("gelu").params.eps) == ("rmsprop",
+                                                                                    0.001)
+    assert config.with_llc(precond="none").llc.precond == "none"
+    for bad in ({"precond": "adam"}, {"by_activation": {"tanh": {"precond": "adam"}}}):
+        with pytest.raises(UserError, match="precond = 'adam' is not allowed"):
+            config_from_dict(tiny_config(llc=bad).raw)

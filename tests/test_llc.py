@@ -98,20 +98,26 @@ def test_regular_tms_instance_lands_within_10_percent_of_d_over_2():
     minimum up to the sign of w) is a regular model: the map w -> w w^T has full rank n at
     w != 0 and the loss is a positive-definite quadratic in w w^T, so the Hessian is
     nondegenerate and lambda = d / 2 = n / 2. The features are scaled so that n_beta times the
-    curvature dwarfs gamma and the higher-order terms of the loss."""
+    curvature dwarfs gamma and the higher-order terms of the loss.
+
+    No tolerance above d/2 (`implausible`), so SGLD's step-size bias must be small: at
+    eps n_beta = 0.03 this stiff basin reads 2.18 +- 0.02 (implausible), at 0.007 2.04. The
+    exact engine (mala) lands on 2.0 without a step-size bias (measured 2.007 +- 0.012)."""
     n, N = 4, 1000
     x = sample_features("sparse-uniform", N, n, 0.5, generator(0, "theory")) \
         * 3.0 * torch.tensor([1.0, 0.6, 0.4, 0.3])
     second_moment = x.double().T @ x.double() / N
     w_star = torch.linalg.eigh(second_moment).eigenvectors[:, -1].float()  # (n,)
-    params = llc.LLCParams(eps=2e-4, gamma=0.1, n_beta=N / math.log(N), chains=16, draws=3000,
-                           burnin=500, batch_size=250, seed=0, n_samples=N)
-    task = llc.ChunkTask("batched", [0], [0], ["linear"], [0], w_star[None, None, None],
-                         torch.zeros(1, 1, n), x[None], torch.ones(1, n), bias=False,
-                         reduction="mean", params=params)
-    row = llc.estimate_chunk(task).rows[0]
-    assert row["healthy"]
-    assert abs(row["llc_mean"] - n / 2) / (n / 2) < 0.10, row
+    params = llc.LLCParams(eps=5e-5, gamma=0.1, n_beta=N / math.log(N), chains=16, draws=6000,
+                           burnin=2000, batch_size=250, seed=0, n_samples=N)
+    for engine in ("batched", "mala"):
+        task = llc.ChunkTask(engine, [0], [0], ["linear"], [0], w_star[None, None, None],
+                             torch.zeros(1, 1, n), x[None], torch.ones(1, n), bias=False,
+                             reduction="sum", params=params)
+        row = llc.estimate_chunk(task).rows[0]
+        assert row["healthy"], (engine, row)
+        assert abs(row["llc_mean"] - n / 2) / (n / 2) < (0.10 if engine == "batched" else 0.03), \
+            (engine, row)
 
 
 # ---------------------------------------------------------------------------------------------

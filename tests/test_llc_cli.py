@@ -43,9 +43,16 @@ def test_llc_writes_the_contract_columns_and_a_second_run_adds_nothing(run_copy)
     assert list(table.columns) == ["instance", *conditions, *COLUMNS[1:]]
     assert list(table.drop(columns=conditions).columns[: len(CONTRACT_COLUMNS)]) \
         == CONTRACT_COLUMNS
-    assert len(table) == len(run.instances) * len(run.checkpoint_steps())
-    assert not table.duplicated(["instance", "step"]).any()
-    assert (table["engine"] == "batched").all() and (table["num_chains"] == 2).all()
+    sgld = table[table["engine"] == "batched"]
+    assert len(sgld) == len(run.instances) * len(run.checkpoint_steps())
+    assert not sgld.duplicated(["instance", "step"]).any() and (sgld["num_chains"] == 2).all()
+    # the self-check: the exact engine on a sample of them, its own rows beside them
+    reference = table[table["engine"] == "mala"]
+    assert len(reference) and set(table["engine"]) == {"batched", "mala"}
+    assert (reference["batch_size"] == reference["llc_n_samples"]).all()  # full batch
+    assert (run_copy / "calibration" / "check.csv").is_file()
+    assert set(run.meta["llc_check"]) == set(sgld["setting"])
+    assert "self-check of" in first.stdout + first.stderr
     assert sorted((run_copy / LLC_TRACES).glob("*.safetensors"))
     assert run.stage_done("llc")
     before = snapshot(run_copy)
@@ -61,8 +68,28 @@ def test_new_hyperparameters_add_rows_beside_the_old_ones(run_copy):
     more = run_cli("llc", run_copy, "--steps", "last", "--instances", "0-1", "--eps", "3e-4")
     assert more.returncode == 0
     table = pd.read_csv(run_copy / LLC_CSV)
+    table = table[table["engine"] == "batched"]  # not the self-check's reference estimates
     assert sorted(table["eps"].unique()) == [3e-4, 3e-3]  # the new one and the config's
     assert len(table) == 4
+
+
+def test_precond_rmsprop_writes_rows_of_its_own_setting(run_copy):
+    """`--precond rmsprop`: rows that say so under a setting id of their own, beside the plain
+    rows of the same hyperparameters; asked again, nothing is computed."""
+    assert run_cli("llc", run_copy, "--steps", "last").returncode == 0
+    result = run_cli("llc", run_copy, "--steps", "last", "--precond", "rmsprop")
+    assert result.returncode == 0, result.stderr
+    assert "rmsprop-preconditioned" in result.stdout
+    table = pd.read_csv(run_copy / LLC_CSV)
+    table = table[table["engine"] == "batched"]
+    instances = len(RunDir.open(run_copy).instances)
+    assert table["precond"].value_counts().to_dict() == {"none": instances, "rmsprop": instances}
+    rms = table[table["precond"] == "rmsprop"]
+    assert rms["setting"].nunique() == 1
+    assert not set(rms["setting"]) & set(table.loc[table["precond"] == "none", "setting"])
+    assert rms["llc_mean"].notna().all()
+    again = run_cli("llc", run_copy, "--steps", "last", "--precond", "rmsprop")
+    assert again.returncode == 0 and "0 estimated" in again.stdout
 
 
 BAD = [  # the table-driven sweep of every command lives in the reliability tests; these are llc's

@@ -53,10 +53,11 @@ def meta(run: Path) -> dict:
     return json.loads((run / "run.json").read_text())
 
 
-def raw_rows(run: Path) -> list[dict[str, str]]:
-    """llc.csv as written: every value the text in the file."""
+def raw_rows(run: Path, engine: str = "batched") -> list[dict[str, str]]:
+    """llc.csv's rows of one engine as written (the SGLD engine's: the self-check adds the
+    reference engine's beside them): every value the text in the file."""
     with (run / "llc.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
+        return [row for row in csv.DictReader(f) if row["engine"] == engine]
 
 
 def params_of(row: dict[str, str]) -> LLCParams:
@@ -250,7 +251,7 @@ def test_bad_setting_input_exits_2_with_one_line_and_changes_nothing(case, compu
         t.pop("run/.lock", None)
     assert after == before, {k: (before.get(k), after.get(k))
                              for k in set(before) | set(after) if before.get(k) != after.get(k)}
-    assert not (run / "calibration").exists()
+    assert not (run / "calibration" / "auto.csv").exists()
     if "candidate" in case:
         assert "closest" in lines[0] and "Nothing was changed" in lines[0]
         assert "-> fails health" in result.stdout  # the evidence, printed

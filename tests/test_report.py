@@ -173,6 +173,7 @@ def test_every_caption_of_a_figure_with_k_gon_labels_explains_the_notation(analy
 def test_unhealthy_llc_estimates_are_listed_with_their_reason(analyzed: Path, full_report: Path):
     text = full_report.read_text()
     llc = pd.read_csv(analyzed / "llc.csv")
+    llc = llc[llc["engine"] == "batched"]  # the self-check's reference estimates are apart
     healthy = llc["healthy"].astype(str).str.lower().isin(["true", "1"])
     # the diverged exp instance has non-finite weights: its chains diverge, its estimates are
     # flagged; the report lists every flagged estimate with its reason

@@ -77,14 +77,14 @@ def test_reruns_of_llc_and_analyze_leave_the_tables_as_they_are(studied, tmp_pat
 
 def test_an_llc_csv_of_the_earlier_layout_is_read_and_resumed(studied, tmp_path):
     """Written before the conditions were added: no conditions, the SGLD seed and LLC dataset
-    size named `seed` and `n_samples`. Its estimates count as done, and `devtms llc` writes it
-    again in this layout."""
+    size named `seed` and `n_samples`, no `precond` (plain SGLD). Its estimates count as done,
+    and `devtms llc` writes it again in this layout."""
     run = tmp_path / "run"
     shutil.copytree(studied, run)
     new = pd.read_csv(run / LLC_CSV)
     conditions = list(pd.read_csv(run / "instances.csv").columns[1:])
-    old = new.drop(columns=conditions).rename(columns={"llc_seed": "seed",
-                                                       "llc_n_samples": "n_samples"})
+    old = new.drop(columns=[*conditions, "precond"]).rename(
+        columns={"llc_seed": "seed", "llc_n_samples": "n_samples"})
     old.to_csv(run / LLC_CSV, index=False, lineterminator="\n")
     traces = sorted(p.name for p in (run / "llc_traces").iterdir())
     for stage in ("llc", "analyze"):

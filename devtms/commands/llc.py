@@ -8,6 +8,9 @@ from pathlib import Path
 
 from devtms.commands import add_device, add_scheduler, add_threads, on_interrupt, open_executor
 
+ENGINE_NAMES = ("batched", "mala", "devinterp")  # devtms.llc.ENGINES (not imported: --help
+# starts without torch)
+
 DESCRIPTION = """\
 Estimate the local learning coefficient (LLC) of every instance at every checkpoint.
 
@@ -46,9 +49,19 @@ examples:
   devtms llc runs/quick --scheduler dask           # chunks on a LocalCluster, a worker per core
   devtms llc runs/quick --scheduler tcp://HOST:8786  # on a running Dask cluster (SLURM ...)
 
-engines: batched (default) runs every chain of a chunk of estimates as one tensor program;
-devinterp runs devinterp's estimate_learning_coeff_with_summary one checkpoint at a time, for
-cross-checks (hundreds of times slower). Pick eps and gamma with `devtms calibrate`.
+engines: batched (default) runs every chain of a chunk of estimates as one SGLD tensor program;
+mala is the exact reference, full-batch Metropolis-adjusted Langevin (no step-size bias, about
+N / batch_size times the cost per step: for samples of checkpoints); devinterp runs devinterp's
+estimate_learning_coeff_with_summary one checkpoint at a time, for cross-checks (hundreds of
+times slower). Pick eps and gamma with `devtms calibrate`.
+
+the self-check: after a batched setting is computed, a sample of its estimates at a local
+minimum (up to 32 instances spread over the conditions, at 3 log-spread checkpoints ending at
+the last) is also estimated with mala at the same gamma and n_beta, and at gamma / 2 and
+2 gamma on the last checkpoint. The comparison goes to RUN_DIR/calibration/check.csv and
+run.json; an estimate whose step-size bias exceeds 5% by 2 standard errors (its own, or its
+activation's at its setting) is flagged `biased` wherever the run's estimates are read
+(analyze, report, devtms.llc.choose). --no-check skips it.
 
 On Dask (--scheduler), chunks run in parallel, one per worker at a time. The default chunking
 cuts the job into about 8 chunks, whatever the cluster (chunking is part of what fixes the
@@ -66,8 +79,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory from `devtms train`")
     add_selection(p)
-    p.add_argument("--engine", choices=("batched", "devinterp"),
-                   help="batched (the default setting's) or devinterp (the reference, slow)")
+    p.add_argument("--engine", choices=ENGINE_NAMES,
+                   help="batched (SGLD, the default), mala (the exact reference: full-batch "
+                        "Metropolis-adjusted Langevin) or devinterp (devinterp's own, slow)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the self-check: by default a sample of the setting's estimates "
+                        "is also estimated with the exact engine (mala) and the setting's "
+                        "step-size bias recorded (calibration/check.csv, the `biased` flag)")
     add_hyperparameters(p)
     p.add_argument("--activate", action="store_true",
                    help="make this job's setting the run's active one (what analyze, report "
@@ -102,10 +120,14 @@ def add_hyperparameters(p: argparse.ArgumentParser, grid: bool = False) -> None:
     g.add_argument("--burnin", type=int, help="SGLD steps discarded at the start of every chain")
     g.add_argument("--batch-size", type=int, help="SGLD minibatch size")
     g.add_argument("--seed", type=int, help="seed of the SGLD noise and minibatch order")
+    g.add_argument("--precond", choices=("none", "rmsprop"),
+                   help="SGLD's preconditioner: none (plain SGLD) or rmsprop (pSGLD: per-parameter "
+                        "steps eps / (sqrt(mean squared gradient) + 1e-8); batched engine only)")
 
 
 def overrides(args: argparse.Namespace) -> dict:
-    keys = ("eps", "gamma", "n_beta", "chains", "draws", "burnin", "batch_size", "seed")
+    keys = ("eps", "gamma", "n_beta", "chains", "draws", "burnin", "batch_size", "seed",
+            "precond")
     return {k: getattr(args, k, None) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -125,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
             run_dir.lock("devtms llc"):
         if args.activate:  # first, so that the stage's record counts this setting
             llc.activate(run_dir, request.settings.with_source("devtms llc --activate"))
-        summary = llc.run_llc(run_dir, request, executor, threads=threads)
+        summary = llc.run_llc(run_dir, request, executor, threads=threads,
+                              check=not args.no_check)
     for note in run_dir.notes:  # repairs of damaged files
         print(f"note: {note}", file=sys.stderr)
     setting = request.settings
@@ -141,4 +164,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {summary.unhealthy} of {summary.computed} estimate(s) unhealthy "
               f"({summary.state_counts}); see the state and reason columns; "
               "consider `devtms calibrate RUN --auto`", file=sys.stderr)
+    if summary.check is not None:
+        print(f"self-check (mala): {summary.check.computed} reference estimate(s) computed, "
+              f"{summary.check.already_done} already in llc.csv")
+    for line in llc.check_lines(run_dir, setting):
+        print(line, file=sys.stderr if "BIASED" in line else sys.stdout)
     return 0

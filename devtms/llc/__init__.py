@@ -12,7 +12,9 @@ One job a module:
     active.py     the run's active setting (run.json) and choosing a setting's rows of llc.csv
     sgld.py       the SGLD update rule and the fused, batched TMS step (compiled or eager)
     batched.py    the batched engine: chunk -> activation groups -> tiles of chains
-    reference.py  devinterp's estimator, the reference engine for cross-checks
+    mala.py       the exact engine: full-batch Metropolis-adjusted Langevin, no step-size bias
+    check.py      the self-check: each setting against the exact engine on its own run
+    reference.py  devinterp's estimator, for cross-checks
     engines.py    estimate_chunk(task): either engine behind one call
     task.py       ChunkTask / ChunkResult: what an engine gets and gives; shared result assembly
     health.py     LLC statistics, diagnostics and the state of every estimate
@@ -43,7 +45,7 @@ from devtms.llc.health import summarize, which_point
 from devtms.llc.params import SETTING_COLUMNS, LLCParams, llc_dataset_size, num_parameters
 from devtms.llc.plan import auto_chunk_size, plan_chunks, use_compile
 from devtms.llc.request import LLCRequest, RunInputs, build_request
-from devtms.llc.run import LLCSummary, default_job_complete, run_llc
+from devtms.llc.run import LLCSummary, check_lines, default_job_complete, run_llc
 from devtms.llc.table import (
     COLUMNS,
     CONTRACT_COLUMNS,
@@ -61,7 +63,7 @@ __all__ = [
     "LLCSummary", "Slopes",
     "RunInputs", "Setting", "activate", "active_setting", "choose", "config_settings",
     "settings_present",
-    "auto_chunk_size", "build_request", "default_job_complete", "done_mask", "done_pairs",
+    "auto_chunk_size", "build_request", "check_lines", "default_job_complete", "done_mask", "done_pairs",
     "estimate_chunk", "gradient_shift", "hessian_min", "llc_dataset_size", "load_traces",
     "noise_block", "num_parameters",
     "plan_chunks", "read_llc_table", "run_chains", "run_llc", "slopes", "summarize", "tile_shape",

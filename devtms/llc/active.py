@@ -27,7 +27,8 @@ import pandas as pd
 
 from devtms.config import RunConfig
 from devtms.errors import UserError
-from devtms.llc.params import SETTING_COLUMNS, LLCParams
+from devtms.llc.check import annotate
+from devtms.llc.params import SETTING_COLUMNS, LLCParams, num_parameters
 from devtms.store import RunDir
 
 KEY = "llc_setting"  # in run.json
@@ -48,7 +49,8 @@ class Setting:
 
     def describe(self) -> str:
         p = self.params
-        return (f"{self.id} ({self.engine}: eps {p.eps:g}, gamma {p.gamma:g}, n_beta "
+        precond = "" if p.precond == "none" else f"{p.precond}-preconditioned, "
+        return (f"{self.id} ({self.engine}: {precond}eps {p.eps:g}, gamma {p.gamma:g}, n_beta "
                 f"{p.n_beta:.4g}, {p.chains} chains x {p.draws} draws after {p.burnin} burn-in, "
                 f"minibatch {p.batch_size})")
 
@@ -122,7 +124,8 @@ class ActivationSettings:
 
 def _difference(base: Setting, other: Setting) -> str:
     a, b = asdict(base.params), asdict(other.params)
-    return ", ".join(f"{k} {b[k]:g}" for k in a if a[k] != b[k]) or "the same values"
+    return ", ".join(f"{k} {b[k] if isinstance(b[k], str) else format(b[k], 'g')}"
+                     for k in a if a[k] != b[k]) or "the same values"
 
 
 def active_setting(run: RunDir) -> ActivationSettings:
@@ -186,11 +189,12 @@ def choose(run: RunDir, table: pd.DataFrame, setting_id: str | None = None
 
     setting_id None (or the active settings' id): the active settings. Otherwise the setting
     of llc.csv with that id (or a unique prefix of it), for every activation; UserError naming
-    the settings present when there is none.
+    the settings present when there is none. The rows carry the self-check's columns
+    (ref_llc, ref_sem, bias, biased, checked: devtms.llc.check.annotate).
     """
     active = active_setting(run)
     if setting_id is None or setting_id == active.id:
-        return active, active.rows(table, run.instances)
+        return active, _annotated(run, table, active.rows(table, run.instances))
     ids = sorted(set(table["setting"].astype(str))) if "setting" in table else []
     matches = [i for i in ids if i.startswith(setting_id)] if setting_id else []
     if len(matches) != 1:
@@ -200,7 +204,19 @@ def choose(run: RunDir, table: pd.DataFrame, setting_id: str | None = None
                         f"present: {present}")
     known = {s.id: s for s in active.settings()}
     setting = known.get(matches[0]) or setting_of_rows(table, matches[0])
-    return ActivationSettings(setting), table[table["setting"] == matches[0]]
+    return ActivationSettings(setting), _annotated(run, table,
+                                                   table[table["setting"] == matches[0]])
+
+
+def _annotated(run: RunDir, table: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """`rows` with the self-check's columns (devtms.llc.check.annotate)."""
+    model = run.config.model
+    d = num_parameters(model.n_hidden, model.n_features, model.bias)
+    if "activation" in rows or rows.empty:
+        return annotate(rows, table, d)
+    activation = run.instances.set_index("instance")["activation"]
+    out = annotate(rows.assign(activation=rows["instance"].map(activation).to_numpy()), table, d)
+    return out.drop(columns="activation")
 
 
 def to_dict(settings: ActivationSettings) -> dict[str, Any]:

@@ -146,7 +146,8 @@ def _run_tile(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance:
         return t.movedim(1, -1).contiguous().to(dev)
 
     limit = divergence_limit(init_loss)  # (I, S)
-    state = sgld.ChainState.start(chain_layout(W0), chain_layout(b0), chain_layout(limit))
+    state = sgld.ChainState.start(chain_layout(W0), chain_layout(b0), chain_layout(limit),
+                                  p.precond)
     features = n if reduction == "mean" else 1
     B = p.batch_size
     hp = torch.tensor([p.eps, p.gamma, p.n_beta, 2.0 / (B * features), 1.0 / (B * features)],
@@ -154,7 +155,7 @@ def _run_tile(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance:
     imp = importance.to(dev)
     keys = DataKeys(minibatch_keys(instances, seeds, p), [0.0] * I)  # one key per instance
     batches = FiniteBatches(data.to(dev), keys, B)
-    step = sgld.step_function(activation, bias, compiled)
+    step = sgld.step_function(activation, bias, compiled, p.precond)
 
     draws = torch.empty(p.draws, I, P, device=dev)
     mala_sum = torch.zeros(I, P, dtype=torch.float64, device=dev)

@@ -1,51 +1,57 @@
 """The exact engine: full-batch Metropolis-adjusted Langevin (MALA) on the localized posterior.
 
-SGLD (devtms.llc.sgld) takes unadjusted steps on minibatches, so what it samples is the
-posterior only as eps -> 0: at a finite eps its estimate carries a step-size bias that grows
-with eps x n_beta x the basin's curvature, and no convergence diagnostic sees it (a biased
-chain mixes as well as an unbiased one). This engine samples the same localized, tempered
-posterior
+SGLD (devtms.llc.sgld) takes unadjusted steps on minibatches, so it samples the posterior only
+as eps -> 0: at a finite eps its estimate carries a step-size bias that grows with eps x n_beta
+x the basin's curvature (and with the minibatch's gradient noise), and no convergence diagnostic
+sees it: a biased chain mixes as well as an unbiased one. This engine samples the same
+localized, tempered posterior
 
     p(w) ∝ exp(-U(w)),   U(w) = n_beta L_N(w) + gamma/2 |w - w*|^2
 
-on the whole LLC dataset, with a Metropolis accept/reject step after every Langevin proposal
+on the whole LLC dataset, with a Metropolis accept/reject step after every Langevin proposal,
+so its draws have p as their exact stationary law whatever the step: there is no step-size
+bias. The estimate is the LLC's definition, n_beta (E_p[L_N(w)] - L_N(w*)): the mean of the
+full-batch loss over the draws after burn-in, mean over chains (devtms.llc.health).
 
-    w' = w - h/2 grad U(w) + sqrt(h) xi,   accepted with min(1, exp(log_alpha))
-    log_alpha = U(w) - U(w') + |xi|^2 / 2 - |w - w' + h/2 grad U(w')|^2 / (2 h)
+Two things make it affordable and make one step size serve every direction:
+- **A fixed preconditioner** (`whitening`): the chains move in z, w = w* + L z, with
+  L L^T = (n_beta H+ + gamma)^-1 from the Hessian at w* (negative curvature clipped to 0), in
+  which the posterior near w* is about a unit Gaussian. MALA with any fixed preconditioner is
+  as exact as without one. In z, with h the step:
 
-so its draws have the posterior as their exact stationary law whatever the step h: there is
-no step-size bias. The estimate is the LLC's definition, n_beta (E_p[L_N(w)] - L_N(w*)), the
-mean of the full-batch loss over the draws after burn-in.
+      z' = z - h/2 grad_z U(z) + sqrt(h) xi,   accepted with min(1, exp(log_alpha)),
+      log_alpha = U(z) - U(z') + |xi|^2 / 2 - |z - z' + h/2 grad_z U(z')|^2 / (2 h)
 
-The step h is tuned per estimate during burn-in by dual averaging (Hoffman and Gelman 2014,
-as NUTS does) to a mean acceptance of TARGET_ACCEPTANCE over the estimate's chains, from
-`eps` (the setting's, a starting point only), then frozen for the draws, so the draws are a
-time-homogeneous Markov chain with the exact stationary law. The setting's `batch_size` is
-not used: every step reads the whole dataset (llc.csv records batch_size = N).
+- **A step tuned per chain** during burn-in by dual averaging (Hoffman and Gelman 2014, as
+  NUTS does) to a mean acceptance of TARGET_ACCEPTANCE, from H0, then frozen for the draws, so
+  the draws are a time-homogeneous Markov chain with the exact stationary law. Where the flat
+  directions curve (a TMS's hidden rotations are an exactly flat, curved orbit) and gamma is
+  small, the chains spread beyond where the Hessian at w* describes them: the tuned step
+  shrinks and mixing slows. R-hat and ESS then say so; the estimate stays unbiased.
 
-Batched as the SGLD engine is: a chunk's estimates grouped by activation, in tiles of chains
-in chain layout (W: (I, m, n, P)), with the SGLD engine's loss-and-gradient kernel
-(`sgld.loss_and_grad_function`) on the full dataset, and randomness keyed by the estimate (noise
-and the uniforms of the accept step in blocks of NOISE_BLOCK steps), so an estimate's numbers
-do not depend on its chunk for elementwise activations. It costs about N / batch_size SGLD
-steps per step: affordable on samples of checkpoints (the self-check, devtms.llc.bias).
+The loss and its gradient are model.loss_and_grad (the trainer's, checked against autograd),
+with the chains as instances: batched matmuls, no compiling. The setting's eps is not used
+(the step is tuned), nor its batch_size (every step reads the whole dataset; llc.csv records
+batch_size = N: `reference_params` in devtms.llc.check). Randomness is keyed by the estimate
+(the proposal noise and the accept step's uniforms, in blocks of NOISE_BLOCK steps), so an
+estimate's numbers do not depend on its chunk. A step costs about N / batch_size SGLD steps:
+affordable on samples of checkpoints (the self-check, devtms.llc.check).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from devtms import model as tms
 from devtms.activations import contiguous_groups
 from devtms.allocator import keep_freed_memory
-from devtms.llc import sgld
 from devtms.llc.batched import NOISE_BLOCK, tile_shape
 from devtms.llc.curvature import hessian
-from devtms.llc.params import LLCParams, num_parameters
+from devtms.llc.params import LLC_REDUCTION, LLCParams, num_parameters
 from devtms.llc.task import ChunkResult, ChunkTask, init_losses, make_result
 from devtms.rng import generator
 
@@ -62,11 +68,6 @@ TILE_SAMPLES = 160_000  # chains x dataset samples per kernel call (larger tiles
 # the update's per-call overhead; 4x the SGLD tile)
 
 
-def mala_params(params: LLCParams) -> LLCParams:
-    """The setting as this engine runs it: the whole dataset in every step."""
-    return dataclasses.replace(params, batch_size=params.n_samples)
-
-
 def mala_chunk(task: ChunkTask) -> ChunkResult:
     """Estimate every (instance, step) of the task with full-batch MALA. No file I/O."""
     keep_freed_memory()
@@ -81,7 +82,7 @@ def mala_chunk(task: ChunkTask) -> ChunkResult:
         loss[sl], accept[sl] = run_mala(
             act.name, task.W0[sl], task.b0[sl], L[sl], task.data[sl], task.importance[sl],
             task.instances[sl], task.seeds[sl], task.steps, p, bias=task.bias,
-            compiled=task.compiled, device=task.device)
+            reduction=task.reduction, device=task.device)
     return make_result(task, init, loss, accept)
 
 
@@ -112,8 +113,8 @@ def whitening(task: ChunkTask) -> Tensor:
 
 def run_mala(activation: str, W0: Tensor, b0: Tensor, L: Tensor, data: Tensor,
              importance: Tensor, instances: Sequence[int], seeds: Sequence[int],
-             steps: Sequence[int], params: LLCParams, *, bias: bool, compiled: bool = False,
-             device: str = "cpu") -> tuple[Tensor, Tensor]:
+             steps: Sequence[int], params: LLCParams, *, bias: bool,
+             reduction: str = LLC_REDUCTION, device: str = "cpu") -> tuple[Tensor, Tensor]:
     """Every chain of the estimates instances x steps (one activation), in tiles.
 
     W0: (I, S, m, n), b0: (I, S, n), L: (I, S, d, d) (`whitening`), data: (I, N, n),
@@ -124,7 +125,7 @@ def run_mala(activation: str, W0: Tensor, b0: Tensor, L: Tensor, data: Tensor,
     I, S = W0.shape[:2]
     N = data.shape[1]
     tile = max(2 * params.chains, TILE_SAMPLES // N)
-    i_tile, s_tile = tile_shape(I, S, params.chains, compiled, tile)
+    i_tile, s_tile = tile_shape(I, S, params.chains, False, tile)
     draws = torch.empty(I, S, params.chains, params.draws)
     accept = torch.empty(I, S, params.chains)
     for i0 in range(0, I, i_tile):
@@ -132,60 +133,50 @@ def run_mala(activation: str, W0: Tensor, b0: Tensor, L: Tensor, data: Tensor,
             si, ss = slice(i0, i0 + i_tile), slice(s0, s0 + s_tile)
             draws[si, ss], accept[si, ss] = _run_tile(
                 activation, W0[si, ss], b0[si, ss], L[si, ss], data[si], importance[si],
-                instances[si], seeds[si], steps[ss], params, bias=bias, compiled=compiled,
+                instances[si], seeds[si], steps[ss], params, bias=bias, reduction=reduction,
                 device=device)
     return draws, accept
 
 
 def _run_tile(activation: str, W0: Tensor, b0: Tensor, L: Tensor, data: Tensor,
               importance: Tensor, instances: Sequence[int], seeds: Sequence[int],
-              steps: Sequence[int], params: LLCParams, *, bias: bool, compiled: bool,
+              steps: Sequence[int], params: LLCParams, *, bias: bool, reduction: str,
               device: str) -> tuple[Tensor, Tensor]:
-    if compiled and (W0.shape[0] == 1 or W0.shape[1] * params.chains == 1):
-        # size-1 axes would make torch.compile specialize: run a twin, drop it (as batched.py)
-        axis = 0 if W0.shape[0] == 1 else 1
-        two = [torch.cat([t, t], dim=axis) for t in (W0, b0, L)]
-        more = (data, importance) if axis == 1 else (torch.cat([data, data]),
-                                                     torch.cat([importance, importance]))
-        twin_i = list(instances) * (2 if axis == 0 else 1)
-        twin_seeds = list(seeds) * (2 if axis == 0 else 1)
-        twin_steps = list(steps) * (2 if axis == 1 else 1)
-        draws, accept = _run_tile(activation, *two, *more, twin_i, twin_seeds, twin_steps,
-                                  params, bias=bias, compiled=True, device=device)
-        return (draws[:1], accept[:1]) if axis == 0 else (draws[:, :1], accept[:, :1])
     p, dev = params, torch.device(device)
     I, S, m, n = W0.shape
     C, P = p.chains, S * p.chains
-    N = data.shape[1]
 
     def chain_layout(t: Tensor) -> Tensor:  # (I, S, *shape) -> (I, *shape, S * C)
         t = t[:, :, None].expand(I, S, C, *t.shape[2:]).reshape(I, P, *t.shape[2:])
         return t.movedim(1, -1).contiguous().to(dev)
 
-    x, imp = data.to(dev), importance.to(dev)
-    hp = torch.tensor([0.0, p.gamma, p.n_beta, 2.0 / N, 1.0 / N], device=dev)
-    gradient = sgld.loss_and_grad_function(activation, compiled)
+    # the chains as instances of model.loss_and_grad: row i P + p is chain p of instance i
+    x = data.to(dev)[:, None].expand(I, P, *data.shape[1:]).reshape(I * P, *data.shape[1:])
+    x = x.contiguous()  # (I P, N, n): read by every step, copied once
+    imp = importance.to(dev)[:, None].expand(I, P, n).reshape(I * P, n)
+    groups = contiguous_groups([activation] * (I * P))
     W_star, b_star = chain_layout(W0), chain_layout(b0)
     ds = L.shape[-1]  # the sampled parameters: W flattened, then b where the model has one
     L_chain = chain_layout(L.float())  # (I, ds, ds, P)
-    w_star = torch.cat([W_star.flatten(1, 2), b_star], 1)[:, :ds]  # (I, ds, P)
+    w_star = torch.cat([W_star.flatten(1, 2), b_star], 1)  # (I, m n + n, P)
 
     def potential(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """z (I, ds, P) -> (L_N (I, P), U (I, P) float64, grad_z U (I, ds, P)), at w = w* + L z"""
         dw = torch.einsum("idep,iep->idp", L_chain, z)
-        w = w_star + dw
-        W = w[:, : m * n].unflatten(1, (m, n)).contiguous()
-        b = w[:, m * n :].contiguous() if bias else b_star
-        loss, dW, db = gradient(W, b, x, imp, hp)
-        grad_w = p.n_beta * (torch.cat([dW.flatten(1, 2), db], 1) if bias else dW.flatten(1, 2))
-        grad_w = grad_w + p.gamma * dw
+        w = torch.cat([w_star[:, :ds] + dw, w_star[:, ds:]], 1)  # (I, m n + n, P)
+        w = w.permute(0, 2, 1).reshape(I * P, m * n + n)
+        loss, dW, db = tms.loss_and_grad(w[:, : m * n].unflatten(1, (m, n)), w[:, m * n :],
+                                         x, imp, groups, reduction)  # (I P,), ...
+        grad = torch.cat([dW.flatten(1), db], 1)[:, :ds].reshape(I, P, ds).permute(0, 2, 1)
+        grad_w = p.n_beta * grad + p.gamma * dw  # (I, ds, P)
+        loss = loss.reshape(I, P)
         U = p.n_beta * loss.double() + 0.5 * p.gamma * dw.double().square().sum(1)
         return loss, U, torch.einsum("idep,idp->iep", L_chain, grad_w)
 
     z = torch.zeros(I, ds, P, device=dev)
     state = MALAState(z, *potential(z))
-    step = DualAveraging(torch.full((I, S), H0, dtype=torch.float64))
-    h = step.current().float().repeat_interleave(C, dim=1).to(dev)  # (I, P): chain s C + c
+    step = DualAveraging(torch.full((I, P), H0, dtype=torch.float64, device=dev))
+    h = step.current().float()  # (I, P)
     draws = torch.empty(p.draws, I, P, device=dev)
     accept_sum = torch.zeros(I, P, dtype=torch.float64, device=dev)
     normal = uniform = torch.empty(0)
@@ -196,10 +187,8 @@ def _run_tile(activation: str, W0: Tensor, b0: Tensor, L: Tensor, data: Tensor,
                 normal, uniform = _noise_block(instances, seeds, steps, p, k, ds, dev)
             alpha = state.advance(potential, h, normal[offset], uniform[offset])  # (I, P)
             if t < p.burnin:
-                estimate_h = step.update(alpha.reshape(I, S, C).mean(-1).cpu())
-                if t == p.burnin - 1:
-                    estimate_h = step.final()
-                h = estimate_h.float().repeat_interleave(C, dim=1).to(dev)
+                step.update(alpha)
+                h = (step.final() if t == p.burnin - 1 else step.current()).float()
             else:
                 draws[t - p.burnin] = state.loss
                 accept_sum += alpha
@@ -258,8 +247,11 @@ def _noise_block(instances: Sequence[int], seeds: Sequence[int], steps: Sequence
 
 
 class DualAveraging:
-    """Step sizes tuned towards TARGET_ACCEPTANCE, one per estimate (Hoffman and Gelman 2014,
-    algorithm 5's adaptation). h0: (E,) float64, the starting steps."""
+    """Step sizes tuned towards TARGET_ACCEPTANCE, one per chain (Hoffman and Gelman 2014,
+    algorithm 5's adaptation). h0: any shape, float64, the starting steps.
+
+    One per chain, not per estimate: a chain that wanders into a stiffer region would
+    otherwise shrink the step of all its estimate's chains."""
 
     def __init__(self, h0: Tensor):
         self.mu = torch.log(DA_SHRINK * h0)
@@ -272,7 +264,7 @@ class DualAveraging:
         return self.log_h.exp()
 
     def update(self, acceptance: Tensor) -> Tensor:
-        """One adaptation step from this step's mean acceptance per estimate. -> the next h"""
+        """One adaptation step from this step's acceptance probability per chain. -> the next h"""
         self.t += 1
         t = self.t
         w = 1.0 / (t + DA_T0)

@@ -19,7 +19,7 @@ from devtms.config import LLCConfig, RunConfig
 # and the LLC dataset's size are `llc_seed` and `llc_n_samples`: llc.csv also carries the
 # instance's own `seed` and `n_samples` (training set size) from instances.csv.
 SETTING_COLUMNS = ("engine", "eps", "gamma", "n_beta", "num_chains", "num_draws", "burnin",
-                   "batch_size", "llc_seed", "llc_n_samples", "loss_reduction")
+                   "batch_size", "llc_seed", "llc_n_samples", "loss_reduction", "precond")
 # Their names in llc.csv files written before the instance's conditions were added to it; the
 # setting id (`LLCParams.tag`) still hashes these names, so ids do not change.
 LEGACY_NAMES = {"llc_seed": "seed", "llc_n_samples": "n_samples"}
@@ -47,6 +47,7 @@ class LLCParams:
     batch_size: int
     seed: int
     n_samples: int  # N: the size of the LLC dataset the losses are measured on
+    precond: str = "none"  # config.Precond: plain SGLD, or "rmsprop" (devtms.llc.sgld)
 
     @classmethod
     def resolve(cls, llc: LLCConfig, n_samples: int) -> LLCParams:
@@ -55,7 +56,8 @@ class LLCParams:
         n_beta = llc.n_beta if llc.n_beta is not None else n_samples / math.log(n_samples)
         return cls(eps=float(llc.eps), gamma=float(llc.gamma), n_beta=float(n_beta),
                    chains=llc.chains, draws=llc.draws, burnin=llc.burnin,
-                   batch_size=llc.batch_size, seed=llc.seed, n_samples=n_samples)
+                   batch_size=llc.batch_size, seed=llc.seed, n_samples=n_samples,
+                   precond=llc.precond)
 
     @classmethod
     def of_run(cls, config: RunConfig) -> LLCParams:
@@ -67,7 +69,8 @@ class LLCParams:
         return dict(engine=engine, eps=self.eps, gamma=self.gamma, n_beta=self.n_beta,
                     num_chains=self.chains, num_draws=self.draws, burnin=self.burnin,
                     batch_size=self.batch_size, llc_seed=self.seed,
-                    llc_n_samples=self.n_samples, loss_reduction=LLC_REDUCTION)
+                    llc_n_samples=self.n_samples, loss_reduction=LLC_REDUCTION,
+                    precond=self.precond)
 
     @classmethod
     def from_identity(cls, row: Any) -> LLCParams:
@@ -76,12 +79,17 @@ class LLCParams:
         return cls(eps=float(row["eps"]), gamma=float(row["gamma"]), n_beta=float(row["n_beta"]),
                    chains=int(row["num_chains"]), draws=int(row["num_draws"]),
                    burnin=int(row["burnin"]), batch_size=int(row["batch_size"]),
-                   seed=int(row["llc_seed"]), n_samples=int(row["llc_n_samples"]))
+                   seed=int(row["llc_seed"]), n_samples=int(row["llc_n_samples"]),
+                   precond=str(row["precond"]))
 
     def tag(self, engine: str) -> str:
         """A short stable name for these hyperparameters and engine: the `setting` column of
-        llc.csv, `--setting ID`, and the trace file names."""
-        named = {LEGACY_NAMES.get(k, k): v for k, v in self.identity(engine).items()}
+        llc.csv, `--setting ID`, and the trace file names.
+
+        precond "none" is left out of what is hashed, so the ids of plain SGLD settings are
+        those of the llc.csv files written before the preconditioner was a setting."""
+        named = {LEGACY_NAMES.get(k, k): v for k, v in self.identity(engine).items()
+                 if not (k == "precond" and v == "none")}
         return hashlib.blake2b(repr(sorted(named.items())).encode(), digest_size=5).hexdigest()
 
 

@@ -13,6 +13,7 @@ import torch
 from devtms.data import importance_weights, llc_data
 from devtms.errors import UserError
 from devtms.llc.active import ActivationSettings, Setting, active_setting
+from devtms.llc.check import REFERENCE_ENGINE, reference_params
 from devtms.llc.engines import ENGINES
 from devtms.llc.params import LLC_REDUCTION, LLCParams
 from devtms.llc.plan import use_compile
@@ -35,6 +36,15 @@ class LLCRequest:
     # activation -> its hyperparameters where they are not `params` (the run's active setting
     # per activation, with the job's explicit values)
     by_activation: dict[str, LLCParams] = field(default_factory=dict)
+    # the (instance, step) estimates wanted, where they are not instances x steps (the
+    # self-check's sample: devtms.llc.check)
+    pairs: list[tuple[int, int]] | None = None
+
+    @property
+    def wanted(self) -> list[tuple[int, int]]:
+        if self.pairs is not None:
+            return list(self.pairs)
+        return [(i, s) for i in self.instances for s in self.steps]
 
     @property
     def settings(self) -> ActivationSettings:
@@ -60,7 +70,9 @@ def build_request(run: RunDir, *, instances: str | None = None, steps: str | Non
 
     The hyperparameters are the run's active setting (devtms.llc.active), each activation's
     own, with `overrides` replacing some of them in each. engine None: the active setting's
-    engine; another engine gets the default's values for every activation.
+    engine; the reference engine (mala) gets the self-check's values for each activation's
+    posterior (devtms.llc.check.reference_params); another engine gets the default's values
+    for every activation.
     """
     active = active_setting(run)
     engine = engine or active.engine
@@ -72,13 +84,26 @@ def build_request(run: RunDir, *, instances: str | None = None, steps: str | Non
     if chunk_size is not None and chunk_size < 1:
         raise UserError(f"--chunk-size {chunk_size} is not allowed: must be an integer >= 1")
     config = run.config.with_llc(**(overrides or {}))  # validates the values
-    params = dataclasses.replace(active.default.params, **(overrides or {}))
-    own = {a: dataclasses.replace(s.params, **(overrides or {}))
-           for a, s in active.by_activation.items()} if engine == active.engine else {}
+
+    def of(setting: LLCParams) -> LLCParams:  # the job's values from an active setting's
+        if engine == REFERENCE_ENGINE:  # what the self-check runs, unless told otherwise
+            setting = reference_params(setting)
+        return dataclasses.replace(setting, **(overrides or {}))
+
+    params = of(active.default.params)
+    own = {a: of(s.params) for a, s in active.by_activation.items()} \
+        if engine in (active.engine, REFERENCE_ENGINE) else {}
     by_activation = {a: p for a, p in own.items() if p != params}
+    if engine == REFERENCE_ENGINE and params.batch_size != params.n_samples:
+        raise UserError(f"--engine {REFERENCE_ENGINE} reads the whole LLC dataset at every step: "
+                        f"--batch-size must be N = {params.n_samples} or left out")
     if params.batch_size > params.n_samples:
         raise UserError(f"--batch-size {params.batch_size} is larger than the LLC dataset "
                         f"(N = {params.n_samples})")
+    if engine == "devinterp" and any(p.precond != "none"
+                                     for p in (params, *by_activation.values())):
+        raise UserError("--engine devinterp cannot run precond = 'rmsprop' (devinterp's SGLD "
+                        "has no preconditioner): pass --precond none, or use --engine batched")
     if engine == "devinterp":
         try:
             import devinterp  # noqa: F401

@@ -11,19 +11,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from devtms.executors import AutoExecutor, Executor, LocalExecutor
+from devtms.llc import check
 from devtms.llc import table as llc_table
-from devtms.llc.active import active_setting
+from devtms.llc.active import ActivationSettings, active_setting
 from devtms.llc.engines import estimate_chunk
+from devtms.llc.params import LLCParams, num_parameters
 from devtms.llc.plan import auto_chunk_size, first_compiles_first, plan_chunks
 from devtms.llc.request import LLCRequest, RunInputs
 from devtms.llc.sgld import kernel_name
 from devtms.progress import progress_bar
-from devtms.store import RunDir
+from devtms.store import CALIBRATION_DIR, RunDir, write_csv_atomic
 from devtms.threads import threads_for, torch_threads
 
 
@@ -36,6 +40,7 @@ class LLCSummary:
     chunks: int
     states: dict[str, int] = field(default_factory=dict)  # state -> estimates computed
     executor: str = ""  # where the chunks ran when not in this process (the executor's label)
+    check: LLCSummary | None = None  # the reference engine's part of the job (the self-check)
 
     @property
     def state_counts(self) -> str:
@@ -43,13 +48,15 @@ class LLCSummary:
 
 
 def run_llc(run: RunDir, request: LLCRequest, executor: Executor | None = None,
-            progress: bool = True, threads: int | None = None) -> LLCSummary:
+            progress: bool = True, threads: int | None = None, check: bool = False
+            ) -> LLCSummary:
     """Estimate what `request` asks and llc.csv lacks, appending after every chunk, then record
     the stage in run.json ("done": llc.csv covers every instance x checkpoint at the run's
     active setting). Holds no lock: the caller holds `run.lock(...)`.
 
     threads: torch threads of the chunks run in this process (None: devtms.threads' policy;
-    Dask workers always run one)."""
+    Dask workers always run one). check: then estimate each setting's sample with the
+    reference engine and record the comparison (devtms.llc.check)."""
     executor = executor or LocalExecutor()
     table = llc_table.read_for_update(run)
     plans = [_plan(run, table, part) for part in request.parts(run.instances)]  # one a setting
@@ -59,8 +66,82 @@ def run_llc(run: RunDir, request: LLCRequest, executor: Executor | None = None,
     work = [p for p in plans if p.chunks]
     if work:
         _estimate(run, table, work, executor, summary, progress, threads)
+    if check and request.engine in CHECKED_ENGINES:
+        summary.check = _self_check(run, request.parts(run.instances), executor, progress,
+                                    threads)
     run.set_stage("llc", done=default_job_complete(run))
     return summary
+
+
+CHECKED_ENGINES = ("batched",)  # the SGLD engines the reference checks (devtms.llc.check)
+
+
+def _self_check(run: RunDir, parts: list[LLCRequest], executor: Executor, progress: bool,
+                threads: int | None) -> LLCSummary:
+    """The reference engine on each setting's sample (devtms.llc.check), then the comparison:
+    calibration/check.csv and run.json's record. -> what the reference computed"""
+    table = llc_table.read_llc_table(run)
+    jobs = []
+    for part in parts:
+        rows = _rows_of(table, part)
+        pairs = check.check_pairs(rows, run.instances)
+        if not pairs:
+            continue
+        reference = dataclasses.replace(part, engine=check.REFERENCE_ENGINE, compiled=False,
+                                        params=check.reference_params(part.params),
+                                        pairs=pairs, chunk_size=None, by_activation={})
+        jobs.append(reference)
+        last = [(i, s) for i, s in pairs if s == max(s for _, s in pairs)]
+        last = [last[k] for k in sorted({round(x) for x in np.linspace(
+            0, len(last) - 1, min(len(last), check.SENSITIVITY_INSTANCES))})]
+        jobs += [dataclasses.replace(reference, pairs=last, params=check.reference_params(
+            part.params, part.params.gamma * factor)) for factor in check.SENSITIVITY]
+    plans = [_plan(run, table, job) for job in jobs]
+    summary = LLCSummary(sum(len(p.wanted) for p in plans),
+                         sum(len(p.wanted) - len(p.todo) for p in plans), 0, 0,
+                         sum(len(p.chunks) for p in plans))
+    work = [p for p in plans if p.chunks]
+    if work:
+        _estimate(run, table, work, executor, summary, progress, threads)
+    _record_check(run, parts)
+    return summary
+
+
+def check_lines(run: RunDir, settings: ActivationSettings) -> list[str]:
+    """What the self-check found for each of `settings`, a line each (none if unchecked)."""
+    records = run.meta.get(check.KEY, {})
+    return [check.describe(s.id, records[s.id]) for s in settings.settings() if s.id in records]
+
+
+def _rows_of(table: pd.DataFrame, request: LLCRequest) -> pd.DataFrame:
+    """llc.csv's rows of the request's setting, for its instances."""
+    rows = table[llc_table.done_mask(table, request.params, request.engine)]
+    return rows[rows["instance"].isin(request.instances)]
+
+
+def _record_check(run: RunDir, parts: list[LLCRequest]) -> None:
+    """calibration/check.csv (every setting of llc.csv the reference has checked) and
+    run.json's "llc_check" record (per setting: bias, verdict, sensitivity to gamma)."""
+    table = llc_table.read_llc_table(run)
+    sgld = table[table["engine"] != check.REFERENCE_ENGINE]
+    pairs = check.compare(sgld, table)
+    if pairs.empty:
+        return
+    model = run.config.model
+    d = num_parameters(model.n_hidden, model.n_features, model.bias)
+    records = run.meta.get(check.KEY, {})
+    for setting, record in check.summarize_check(pairs, d).items():
+        mine = pairs[pairs["setting"] == setting]
+        last = mine["step"].max()
+        params = LLCParams.from_identity(sgld[sgld["setting"] == setting].iloc[0])
+        record["sensitivity"] = check.sensitivity(
+            table, params, sorted(zip(mine.loc[mine["step"] == last, "instance"],
+                                      mine.loc[mine["step"] == last, "step"], strict=True)))
+        record["reference"] = check.reference_params(params).tag(check.REFERENCE_ENGINE)
+        records[setting] = record
+    write_csv_atomic(run.path / CALIBRATION_DIR / check.CHECK_CSV, pairs)
+    run.meta[check.KEY] = records
+    run.save_meta()
 
 
 @dataclass
@@ -76,7 +157,7 @@ class _Plan:
 
 def _plan(run: RunDir, table: pd.DataFrame, request: LLCRequest) -> _Plan:
     done = llc_table.done_pairs(table, request.params, request.engine)
-    wanted = [(i, s) for i in request.instances for s in request.steps]
+    wanted = request.wanted
     todo = {pair for pair in wanted if pair not in done}
     if not todo:
         return _Plan(request, wanted, todo, [], 0)

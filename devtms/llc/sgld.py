@@ -7,6 +7,17 @@ The update (docs/science.md, the LLC and SGLD; devinterp's SGLD, Lau et al. 2023
 `sgld_update` is that rule and the only place it is written; `tms_sgld_step` combines it with the
 TMS loss and its hand-written gradient so that thousands of chains advance in one tensor program.
 
+RMSProp-preconditioned SGLD (pSGLD, Li et al. 2016, as Hitchcock and Hoogland 2025, appendix
+D.3, prescribe for LLC estimates; the setting's precond = "rmsprop") gives every parameter its
+own step eps G, from a running mean v of its squared minibatch loss gradient g (the loss's
+only, not the localization's), at SGLD step t = 1, 2, ...:
+
+    v <- beta2 v + (1 - beta2) g^2                  (v = 1 before the first step)
+    G = 1 / (sqrt(v / (1 - beta2^t)) + delta)       (bias-corrected; Li et al.'s G)
+    w <- w - eps G/2 * (n_beta g + gamma * (w - w*)) + sqrt(eps G) * Normal(0, 1)
+
+with beta2 = RMSPROP_BETA2 and delta = RMSPROP_DELTA (`psgld_update`, `tms_sgld_step_rmsprop`).
+
 Chain layout. A step advances every chain of a group of instances that share one activation.
 The chain axis comes LAST, because it is the axis that vectorises (it is long; m and n are tiny):
 
@@ -68,6 +79,32 @@ def sgld_update(w: Tensor, grad: Tensor, w_star: Tensor, noise: Tensor, eps: Ten
     return w - (0.5 * eps) * dws + (eps ** 0.5) * noise, dws
 
 
+# pSGLD's constants: part of the method, not settings (Li et al. 2016; lambda_hat's defaults)
+RMSPROP_BETA2 = 0.999  # decay of the running mean of squared gradients: it averages ~1000 steps
+RMSPROP_DELTA = 1e-8  # added to its root: G stays finite where v -> 0 (a gradient always 0)
+
+
+def psgld_update(w: Tensor, grad: Tensor, w_star: Tensor, noise: Tensor, eps: Tensor | float,
+                 gamma: Tensor | float, n_beta: Tensor | float, G: Tensor
+                 ) -> tuple[Tensor, Tensor]:
+    """`sgld_update` with the step eps G of each parameter (G: w's shape, the preconditioner,
+    `rmsprop_preconditioner`). -> (new w, drift dws), dws unpreconditioned, as there."""
+    dws = n_beta * grad + gamma * (w - w_star)
+    step = eps * G
+    return w - (0.5 * step) * dws + torch.sqrt(step) * noise, dws
+
+
+def rmsprop_average(v: Tensor, grad: Tensor) -> Tensor:
+    """RMSProp's running mean of squared gradients after one more gradient (any shape)."""
+    return RMSPROP_BETA2 * v + (1.0 - RMSPROP_BETA2) * grad.square()
+
+
+def rmsprop_preconditioner(v: Tensor, t: Tensor | float) -> Tensor:
+    """G = 1 / (sqrt(v_hat) + delta), v_hat = v / (1 - beta2^t): the preconditioner of the
+    running mean v (any shape) after t >= 1 gradients. At t = 0 (no gradient yet) G is 0."""
+    return 1.0 / (torch.sqrt(v / (1.0 - RMSPROP_BETA2 ** t)) + RMSPROP_DELTA)
+
+
 def value_and_vjp(act: Activation, constants: Tensor | None = None
                   ) -> Callable[[Tensor], tuple[Tensor, Callable[[Tensor], Tensor],
                                                 tuple[Tensor, ...]]]:
@@ -118,6 +155,8 @@ class ChainState:
     W, b: current parameters; W0, b0: the checkpoint w* they are localized at; alive: (I, P)
     False once a chain diverged; limit: (I, P) the loss above which a chain counts as diverged;
     dws_W, dws_b, xi, U: the previous step's drift, noise and potential (for MALA).
+    RMSProp-preconditioned chains only (None otherwise): v: (I, m n + n, P) the running mean of
+    squared loss gradients (W flattened, then b, as xi), t: () the steps taken so far.
     """
 
     W: Tensor
@@ -130,25 +169,36 @@ class ChainState:
     dws_b: Tensor
     xi: Tensor
     U: Tensor
+    v: Tensor | None = None
+    t: Tensor | None = None
 
     @classmethod
-    def start(cls, W0: Tensor, b0: Tensor, limit: Tensor) -> ChainState:
-        """All chains at w*. W0: (I, m, n, P), b0: (I, n, P), limit: (I, P)"""
+    def start(cls, W0: Tensor, b0: Tensor, limit: Tensor, precond: str = "none") -> ChainState:
+        """All chains at w*. W0: (I, m, n, P), b0: (I, n, P), limit: (I, P); precond: the
+        step's (`step_function`)."""
         I, m, n, P = W0.shape
         zeros = W0.new_zeros
         alive = torch.ones(I, P, dtype=torch.bool, device=W0.device)
-        return cls(W0.clone(), b0.clone(), W0, b0, alive, limit, zeros(I, m, n, P),
-                   zeros(I, n, P), zeros(I, m * n + n, P), zeros(I, P))
+        state = cls(W0.clone(), b0.clone(), W0, b0, alive, limit, zeros(I, m, n, P),
+                    zeros(I, n, P), zeros(I, m * n + n, P), zeros(I, P))
+        if precond == "rmsprop":
+            state.v, state.t = W0.new_ones(I, m * n + n, P), zeros(())
+        return state
 
     def tensors(self) -> tuple[Tensor, ...]:
-        return (self.W, self.b, self.W0, self.b0, self.alive, self.limit, self.dws_W, self.dws_b,
-                self.xi, self.U)
+        plain = (self.W, self.b, self.W0, self.b0, self.alive, self.limit, self.dws_W,
+                 self.dws_b, self.xi, self.U)
+        return plain if self.v is None else (*plain, self.v, self.t)
 
     def advance(self, x: Tensor, imp: Tensor, noise: Tensor, hp: Tensor,
                 step: Callable[..., tuple[Tensor, ...]]) -> tuple[Tensor, Tensor]:
         """Run `step` (from `step_function`) once; -> (loss, mala) of this step, both (I, P)."""
-        (self.W, self.b, self.alive, self.dws_W, self.dws_b, self.xi, self.U, loss,
-         mala) = step(*self.tensors(), x, imp, noise, hp)
+        if self.v is None:
+            (self.W, self.b, self.alive, self.dws_W, self.dws_b, self.xi, self.U, loss,
+             mala) = step(*self.tensors(), x, imp, noise, hp)
+        else:
+            (self.W, self.b, self.alive, self.dws_W, self.dws_b, self.xi, self.U, self.v,
+             self.t, loss, mala) = step(*self.tensors(), x, imp, noise, hp)
         return loss, mala
 
 
@@ -251,6 +301,79 @@ def sgld_move(bias: bool, W: Tensor, b: Tensor, W0: Tensor, b0: Tensor, alive: T
     return W_new, b_new, alive_new, dws_W_new, dws_b_new, U_new, loss, mala
 
 
+def sgld_move_rmsprop(bias: bool, W: Tensor, b: Tensor, W0: Tensor, b0: Tensor, alive: Tensor,
+                      limit: Tensor, dws_W: Tensor, dws_b: Tensor, xi: Tensor, U: Tensor,
+                      v: Tensor, t: Tensor, loss: Tensor, dW: Tensor, db: Tensor, noise: Tensor,
+                      hp: Tensor) -> tuple[Tensor, ...]:
+    """`sgld_move` preconditioned by RMSProp (pSGLD, the module's docstring). Pure.
+
+    v: (I, m n + n, P) the running mean of squared loss gradients (1 at the start), t: () the
+    steps taken before this one; the rest as in `sgld_move`. -> (W, b, alive, dws_W, dws_b, U,
+    v, t, loss, mala): `sgld_move`'s, with v and t after this step.
+
+    MALA: the acceptance of the preconditioned Langevin proposal N(w - eps G/2 dws(w), eps G)
+    that made the move w_{t-1} -> w_t, with that step's G at both ends (so the proposals'
+    normalizations cancel). G changes between steps (the reverse move would be proposed with
+    the next step's), so this is an approximation, which becomes exact as v settles.
+
+    A diverged chain is reset and frozen as in `sgld_move`, and its v restarts at 1, so
+    that its slot keeps finite numbers.
+    """
+    eps, gamma, n_beta = hp[0], hp[1], hp[2]
+    I, m, n, P = W.shape
+    noise_W, noise_b = noise[:, : m * n].unflatten(1, (m, n)), noise[:, m * n :]
+    xi_W, xi_b = xi[:, : m * n].unflatten(1, (m, n)), xi[:, m * n :]
+    v_W, v_b = v[:, : m * n].unflatten(1, (m, n)), v[:, m * n :]
+    t_new = t + 1
+
+    # G_prev: the preconditioner of the move that brought each chain here, for MALA (the same
+    # expression on the same v and t as that step's G; 0 before the first move)
+    G_W_prev = rmsprop_preconditioner(v_W, t)
+    v_W_new = rmsprop_average(v_W, dW)
+    W_new, dws_W_new = psgld_update(W, dW, W0, noise_W, eps, gamma, n_beta,
+                                    rmsprop_preconditioner(v_W_new, t_new))
+    dist = fixed_sum((W - W0).square().flatten(1, 2), 1)  # |w - w*|^2: (I, P)
+    if bias:
+        G_b_prev = rmsprop_preconditioner(v_b, t)
+        v_b_new = rmsprop_average(v_b, db)
+        b_new, dws_b_new = psgld_update(b, db, b0, noise_b, eps, gamma, n_beta,
+                                        rmsprop_preconditioner(v_b_new, t_new))
+        dist = dist + fixed_sum((b - b0).square(), 1)
+    else:
+        b_new, dws_b_new, v_b_new = b, dws_b, v_b
+    U_new = n_beta * loss + 0.5 * gamma * dist  # (I, P)
+
+    # MALA: the reverse proposal's standard normal residual. With w_t - w_{t-1} =
+    # -eps G/2 dws_{t-1} + sqrt(eps G) xi_{t-1} it is sqrt(eps G)/2 (dws_{t-1} + dws_t) - xi_{t-1}
+    # (sgld_move's residual divided by sqrt(eps G): no division by G, which is 0 at the start).
+    def back_residual(prev_dws: Tensor, dws: Tensor, prev_xi: Tensor, prev_G: Tensor
+                      ) -> Tensor:
+        return (0.5 * torch.sqrt(eps * prev_G)) * (prev_dws + dws) - prev_xi
+
+    rW = back_residual(dws_W, dws_W_new, xi_W, G_W_prev)
+    back = fixed_sum(rW.square().flatten(1, 2), 1)  # (I, P)
+    fwd = fixed_sum(xi_W.square().flatten(1, 2), 1)
+    if bias:
+        rb = back_residual(dws_b, dws_b_new, xi_b, G_b_prev)
+        back = back + fixed_sum(rb.square(), 1)
+        fwd = fwd + fixed_sum(xi_b.square(), 1)
+    log_accept = 0.5 * (fwd - back) + U - U_new
+    mala = torch.exp(torch.clamp(log_accept, max=0.0))
+
+    # Health, as in sgld_move
+    alive_new = alive & torch.isfinite(loss) & (loss <= limit)
+    keep = alive_new[:, None, None, :]
+    W_new = torch.where(keep, W_new, W0)
+    if bias:
+        b_new = torch.where(alive_new[:, None, :], b_new, b0)
+    v_new = torch.where(alive_new[:, None, :], torch.cat([v_W_new.flatten(1, 2), v_b_new], 1),
+                        1.0)
+    nan = torch.full_like(loss, float("nan"))
+    loss = torch.where(alive_new, loss, nan)
+    mala = torch.where(alive_new & alive, mala, nan)
+    return W_new, b_new, alive_new, dws_W_new, dws_b_new, U_new, v_new, t_new, loss, mala
+
+
 def tms_sgld_step(act: Activation, bias: bool, W: Tensor, b: Tensor, W0: Tensor, b0: Tensor,
                   alive: Tensor, limit: Tensor, dws_W: Tensor, dws_b: Tensor, xi: Tensor, U: Tensor,
                   x: Tensor, imp: Tensor, noise: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
@@ -275,12 +398,27 @@ def tms_sgld_step(act: Activation, bias: bool, W: Tensor, b: Tensor, W0: Tensor,
     return *moved[:5], noise, *moved[5:]
 
 
+def tms_sgld_step_rmsprop(act: Activation, bias: bool, W: Tensor, b: Tensor, W0: Tensor,
+                          b0: Tensor, alive: Tensor, limit: Tensor, dws_W: Tensor, dws_b: Tensor,
+                          xi: Tensor, U: Tensor, v: Tensor, t: Tensor, x: Tensor, imp: Tensor,
+                          noise: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
+    """`tms_sgld_step` preconditioned by RMSProp: `loss_and_grad` then `sgld_move_rmsprop`.
+    Pure. v: (I, m n + n, P), t: () as in `ChainState`, the rest as in `tms_sgld_step`.
+    -> (W, b, alive, dws_W, dws_b, xi, U, v, t, loss, mala)"""
+    loss, dW, db = loss_and_grad(act, W, b, x, imp, hp)
+    moved = sgld_move_rmsprop(bias, W, b, W0, b0, alive, limit, dws_W, dws_b, xi, U, v, t, loss,
+                              dW, db, noise, hp)
+    return *moved[:5], noise, *moved[5:]
+
+
 # ---------------------------------------------------------------------------------------------
 # Compiled or eager: one step function per (activation, bias)
 
 
-def step_function(activation: str, bias: bool, compiled: bool) -> Callable[..., tuple[Tensor, ...]]:
-    """The step for one activation: `fn(*state, x, imp, noise, hp)`.
+def step_function(activation: str, bias: bool, compiled: bool, precond: str = "none"
+                  ) -> Callable[..., tuple[Tensor, ...]]:
+    """The step for one activation: `fn(*state, x, imp, noise, hp)` (state: `ChainState`'s
+    tensors, started with the same `precond`).
 
     compiled=True runs the step's two halves through torch.compile, each built once per
     process and cached on disk by torch across processes (dynamic shapes: one compile per n and
@@ -295,12 +433,21 @@ def step_function(activation: str, bias: bool, compiled: bool) -> Callable[..., 
     the halves exchange only (I, P)-sized tensors and the gradient, and give that kernel's
     numbers bit for bit. The price is a second call per step: ~75 us, about 4.5% of a step
     over the 29 activations at the engine's tile size.
+
+    precond "rmsprop": the preconditioned step (`tms_sgld_step_rmsprop`), its second half
+    `sgld_move_rmsprop`, compiled once per bias when first asked for.
     """
+    if precond not in ("none", "rmsprop"):
+        raise ValueError(f"unknown SGLD preconditioner {precond!r}")  # config validates it
     act = get_activation(activation)
     if not compiled:
+        if precond == "rmsprop":
+            return lambda *args: tms_sgld_step_rmsprop(act, bias, *args)
         return lambda *args: tms_sgld_step(act, bias, *args)
 
     first = loss_and_grad_function(activation, compiled=True)
+    if precond == "rmsprop":
+        return _rmsprop_step(first, bias)
 
     def move(*args: Tensor) -> tuple[Tensor, ...]:
         return sgld_move(bias, *args)
@@ -313,6 +460,28 @@ def step_function(activation: str, bias: bool, compiled: bool) -> Callable[..., 
              noise: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
         loss, dW, db = first(W, b, x, imp, hp)
         moved = second(W, b, W0, b0, alive, limit, dws_W, dws_b, xi, U, loss, dW, db, noise, hp)
+        return *moved[:5], noise, *moved[5:]
+
+    return step
+
+
+def _rmsprop_step(first: Callable[..., tuple[Tensor, ...]], bias: bool
+                  ) -> Callable[..., tuple[Tensor, ...]]:
+    """`step_function`'s compiled preconditioned step around the loss-and-gradient kernel
+    `first`: `fn(*state, v, t, x, imp, noise, hp)`."""
+    def move(*args: Tensor) -> tuple[Tensor, ...]:
+        return sgld_move_rmsprop(bias, *args)
+
+    second = compile_once(("sgld_move_rmsprop", bias), lambda: _compiled(
+        with_own_code(move, f"sgld_move_rmsprop_{int(bias)}"), MOVE_RMSPROP_DYNAMIC,
+        outputs=10))
+
+    def step(W: Tensor, b: Tensor, W0: Tensor, b0: Tensor, alive: Tensor, limit: Tensor,
+             dws_W: Tensor, dws_b: Tensor, xi: Tensor, U: Tensor, v: Tensor, t: Tensor,
+             x: Tensor, imp: Tensor, noise: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
+        loss, dW, db = first(W, b, x, imp, hp)
+        moved = second(W, b, W0, b0, alive, limit, dws_W, dws_b, xi, U, v, t, loss, dW, db,
+                       noise, hp)
         return *moved[:5], noise, *moved[5:]
 
     return step
@@ -360,6 +529,7 @@ def kernel_name(activation: str) -> str:
 _CHAINS = (0, -1)
 FIRST_DYNAMIC = (_CHAINS, _CHAINS, (0, 1), (0,), (), ())  # W, b, x, imp, hp, constants
 MOVE_DYNAMIC = (*[_CHAINS] * 14, ())  # W, ..., U, loss, dW, db, noise; hp
+MOVE_RMSPROP_DYNAMIC = (*[_CHAINS] * 11, (), *[_CHAINS] * 4, ())  # W, ..., U, v; t; loss, ...
 
 
 def _compiled(fn: Callable[..., tuple[Tensor, ...]], dynamic: tuple[tuple[int, ...], ...],

@@ -43,7 +43,7 @@ Tensor = torch.Tensor
 CONTRACT_COLUMNS = ["instance", "step", "setting", "llc_mean", "llc_std", "init_loss",
                     "num_chains", "num_draws", "eps", "gamma", "n_beta", "engine", "healthy"]
 EXTRA_COLUMNS = ["burnin", "batch_size", "llc_seed", "llc_n_samples", "loss_reduction",
-                 "llc_sem", "state", "rhat", "ess_bulk", "llc_drift", "num_diverged",
+                 "precond", "llc_sem", "state", "rhat", "ess_bulk", "llc_drift", "num_diverged",
                  "mala_acceptance", "grad_norm", "grad_shift", "hess_min", "reason"]
 COLUMNS = CONTRACT_COLUMNS + EXTRA_COLUMNS
 # What identifies an estimate (and the table's sort order): a row with these values is never
@@ -66,6 +66,8 @@ def read_llc_table(run: RunDir, *, check_settings: bool = True) -> pd.DataFrame:
 
     An llc.csv written before it carried the conditions names the SGLD seed and the LLC
     dataset's size `seed` and `n_samples`: they are read as `llc_seed` and `llc_n_samples`.
+    One written before SGLD had a preconditioner lacks `precond`: its rows are plain SGLD's
+    ("none"), as their setting ids say (`LLCParams.tag`).
     check_settings: raise UserError when a setting column is missing (the LLC stage, which
     must know what each row was made with, asks for this; analyze and report read what there is).
     """
@@ -74,6 +76,8 @@ def read_llc_table(run: RunDir, *, check_settings: bool = True) -> pd.DataFrame:
         return with_conditions(empty_table(), run.instances)
     if not any(new in table.columns for new in LEGACY_NAMES):
         table = table.rename(columns={old: new for new, old in LEGACY_NAMES.items()})
+    if "precond" not in table:
+        table["precond"] = "none"
     if "instance" in table:
         table = with_conditions(table, run.instances)
     missing = [c for c in IDENTITY if c not in table.columns]

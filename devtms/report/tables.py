@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from devtms.llc.check import KEY, REFERENCE_ENGINE
 from devtms.llc.params import SETTING_COLUMNS
 from devtms.report.figures.layout import Panel
 from devtms.report.figures.style import activation_order, style
@@ -290,10 +291,13 @@ class LLCHealth:
 
 
 def llc_health(data: RunData) -> LLCHealth | None:
-    """None without LLC estimates."""
+    """The health of every SGLD estimate of llc.csv (the self-check's reference estimates are
+    shown apart: `llc_check`). None without LLC estimates."""
     llc = data.llc_all  # None exactly when data.llc is None
     if llc is None:
         return None
+    if "engine" in llc:
+        llc = llc[llc["engine"] != REFERENCE_ENGINE]
     bad = llc[~llc["healthy"]]
     merged = bad.merge(data.instances[["instance", "title", "seed"]], on="instance", how="left")
     by_reason = (merged.groupby("reason").agg(estimates=("instance", "size"),
@@ -329,6 +333,35 @@ def llc_settings(data: RunData) -> pd.DataFrame | None:
     out.insert(0, "plotted", out["setting"].astype(str).isin(plotted) if "setting" in out
                else False)
     return out
+
+
+def llc_check(data: RunData) -> pd.DataFrame | None:
+    """What the self-check found per setting (run.json's record, devtms.llc.check): the
+    reference setting, estimates compared and usable, the bias with its standard error, the
+    verdict, the activations biased, and the reference's llc at gamma / 2, gamma, 2 gamma on
+    the last checkpoint. None when the run has no check."""
+    records = data.run.meta.get(KEY)
+    if not records:
+        return None
+    plotted = {s.id for s in data.llc_setting.settings()} if data.llc_setting is not None else set()
+    rows = []
+    for setting, r in records.items():
+        worst = sorted(((a, e["bias"]) for a, e in r.get("by_activation", {}).items()
+                        if e["biased"]), key=lambda item: -abs(item[1]))
+        sens = r.get("sensitivity", {})
+        rows.append({
+            "setting": setting, "plotted": setting in plotted, "reference": r.get("reference"),
+            "compared": r.get("compared"), "usable": r.get("n"),
+            "bias": (f"{100 * r['bias']:+.1f}% ± {100 * r['bias_se']:.1f}%" if r.get("n")
+                     else MISSING),
+            "verdict": "BIASED" if r.get("biased") else "ok" if r.get("n") else "unchecked",
+            "biased activations": ", ".join(f"{a} {100 * b:+.0f}%" for a, b in worst[:8])
+            + (" ..." if len(worst) > 8 else ""),
+            "gamma": sens.get("gamma"),
+            "reference llc at gamma/2, gamma, 2 gamma": (
+                " / ".join(fmt(sens[k]) for k in ("at_half", "at", "at_double"))
+                if sens.get("n") else MISSING)})
+    return pd.DataFrame(rows).sort_values(["plotted", "setting"], ascending=[False, True])
 
 
 def runs_overview(runs: list[RunData], names: list[str]) -> pd.DataFrame:

@@ -23,7 +23,14 @@ from devtms.report.figures.render import Rendered
 from devtms.report.figures.style import style
 from devtms.report.format import MISSING, fmt, slug
 from devtms.report.load import RunData
-from devtms.report.tables import Shown, diverged_rows, llc_health, llc_settings, summary_table
+from devtms.report.tables import (
+    Shown,
+    diverged_rows,
+    llc_check,
+    llc_health,
+    llc_settings,
+    summary_table,
+)
 from devtms.store import CALIBRATION_DIR
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -98,6 +105,8 @@ class HealthView:
     run_path: str
     llc_estimates: int | None  # estimates in llc.csv; None: no LLC estimates yet
     n_unhealthy: int
+    n_plotted: int  # estimates at the plotted setting
+    n_biased: int  # ... of them flagged biased by the self-check
     unhealthy_by_reason: TableView | None
     unhealthy: TableView | None  # one row per unhealthy estimate
 
@@ -118,6 +127,7 @@ class ProvenanceView:
     max_step: int
     geometry_from_analyze: bool
     llc_settings: TableView | None  # None: no LLC estimates yet
+    llc_check: TableView | None  # the self-check per setting; None: not run
     llc_config: str  # the config's [llc] section as JSON
     calibration: list[CalibrationPNG] | None  # None: no calibration/*.png
     calibration_dir: str
@@ -202,6 +212,9 @@ def _health_view(data: RunData) -> HealthView:
     health = llc_health(data)
     common = dict(n_instances=len(data.instances), n_diverged=len(data.diverged),
                   diverged=table_view(diverged_rows(data)), run_path=str(data.run.path))
+    plotted = data.llc if data.llc is not None else pd.DataFrame()
+    common["n_plotted"] = len(plotted)
+    common["n_biased"] = int(plotted["biased"].sum()) if "biased" in plotted else 0
     if health is None:
         return HealthView(**common, llc_estimates=None, n_unhealthy=0, unhealthy_by_reason=None,
                           unhealthy=None)
@@ -219,6 +232,8 @@ def _provenance_view(data: RunData) -> ProvenanceView:
         n_instances=len(data.instances), n_checkpoints=len(data.steps), max_step=data.max_step,
         geometry_from_analyze=data.geometry_source == "analyze",
         llc_settings=None if settings is None else table_view(settings, sortable=False),
+        llc_check=None if (check := llc_check(data)) is None else table_view(check,
+                                                                              sortable=False),
         llc_config=json.dumps(meta["config"].get("llc", {})),
         calibration=_calibration_pngs(calibration_dir), calibration_dir=str(calibration_dir),
         versions=table_view(pd.DataFrame([meta.get("versions", {})]), sortable=False),
