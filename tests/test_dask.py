@@ -35,7 +35,8 @@ def trained(tiny_run, tmp_path_factory) -> Path:
     reference = root / "reference"
     shutil.copytree(tiny_run, reference)
     local = RunDir.open(reference)
-    llc.run_llc(local, llc.build_request(local), LocalExecutor(), progress=False)
+    llc.run_llc(local, llc.build_request(local), LocalExecutor(), progress=False,
+                check=True)  # as `devtms llc` does: the self-check's reference rows too
     return root
 
 

@@ -185,6 +185,7 @@ def test_an_activated_setting_is_what_analyze_and_report_read_and_setting_reads_
     assert second != first and record["source"] == "devtms llc --activate"
     assert record["params"]["eps"] == float(OTHER_EPS)
     table = pd.read_csv(run / "llc.csv", dtype={"setting": str})
+    table = table[table["engine"] == "batched"]  # not the self-check's reference estimates
     assert set(table["setting"]) == {first, second}
     assert (table["setting"] == second).sum() == (table["setting"] == first).sum()
 
