@@ -90,17 +90,20 @@ def run_chains(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance
     Tiles never change numbers (each chain's arithmetic is its own).
     """
     I, S = W0.shape[:2]
-    i_tile, s_tile = tile_shape(I, S, params.chains, compiled)
     draws = torch.empty(I, S, params.chains, params.draws)
     mala = torch.empty(I, S, params.chains)
-    for i0 in range(0, I, i_tile):
-        for s0 in range(0, S, s_tile):
-            si, ss = slice(i0, i0 + i_tile), slice(s0, s0 + s_tile)
-            draws[si, ss], mala[si, ss] = _run_tile(
-                activation, W0[si, ss], b0[si, ss], data[si], importance[si], instances[si],
-                seeds[si], steps[ss], init_loss[si, ss], params, bias=bias,
-                reduction=reduction, compiled=compiled, device=device)
+    for si, ss in tiles(I, S, *tile_shape(I, S, params.chains, compiled)):
+        draws[si, ss], mala[si, ss] = _run_tile(
+            activation, W0[si, ss], b0[si, ss], data[si], importance[si], instances[si],
+            seeds[si], steps[ss], init_loss[si, ss], params, bias=bias,
+            reduction=reduction, compiled=compiled, device=device)
     return draws, mala
+
+
+def tiles(I: int, S: int, i_tile: int, s_tile: int) -> list[tuple[slice, slice]]:
+    """The tiles of an (instances, steps) rectangle, instance-major: (instances, steps) slices."""
+    return [(slice(i0, i0 + i_tile), slice(s0, s0 + s_tile))
+            for i0 in range(0, I, i_tile) for s0 in range(0, S, s_tile)]
 
 
 def tile_shape(I: int, S: int, chains: int, compiled: bool, tile: int | None = None

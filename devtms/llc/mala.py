@@ -49,7 +49,7 @@ import torch
 from devtms import model as tms
 from devtms.activations import contiguous_groups
 from devtms.allocator import keep_freed_memory
-from devtms.llc.batched import NOISE_BLOCK, tile_shape
+from devtms.llc.batched import NOISE_BLOCK, tile_shape, tiles
 from devtms.llc.curvature import hessian
 from devtms.llc.params import LLC_REDUCTION, LLCParams, num_parameters
 from devtms.llc.task import ChunkResult, ChunkTask, init_losses, make_result
@@ -125,16 +125,13 @@ def run_mala(activation: str, W0: Tensor, b0: Tensor, L: Tensor, data: Tensor,
     I, S = W0.shape[:2]
     N = data.shape[1]
     tile = max(2 * params.chains, TILE_SAMPLES // N)
-    i_tile, s_tile = tile_shape(I, S, params.chains, False, tile)
     draws = torch.empty(I, S, params.chains, params.draws)
     accept = torch.empty(I, S, params.chains)
-    for i0 in range(0, I, i_tile):
-        for s0 in range(0, S, s_tile):
-            si, ss = slice(i0, i0 + i_tile), slice(s0, s0 + s_tile)
-            draws[si, ss], accept[si, ss] = _run_tile(
-                activation, W0[si, ss], b0[si, ss], L[si, ss], data[si], importance[si],
-                instances[si], seeds[si], steps[ss], params, bias=bias, reduction=reduction,
-                device=device)
+    for si, ss in tiles(I, S, *tile_shape(I, S, params.chains, False, tile)):
+        draws[si, ss], accept[si, ss] = _run_tile(
+            activation, W0[si, ss], b0[si, ss], L[si, ss], data[si], importance[si],
+            instances[si], seeds[si], steps[ss], params, bias=bias, reduction=reduction,
+            device=device)
     return draws, accept
 
 

@@ -59,13 +59,8 @@ def run_llc(run: RunDir, request: LLCRequest, executor: Executor | None = None,
     reference engine and record the comparison (devtms.llc.check)."""
     executor = executor or LocalExecutor()
     table = llc_table.read_for_update(run)
-    plans = [_plan(run, table, part) for part in request.parts(run.instances)]  # one a setting
-    summary = LLCSummary(sum(len(p.wanted) for p in plans),
-                         sum(len(p.wanted) - len(p.todo) for p in plans), 0, 0,
-                         sum(len(p.chunks) for p in plans))
-    work = [p for p in plans if p.chunks]
-    if work:
-        _estimate(run, table, work, executor, summary, progress, threads)
+    summary = _run_requests(run, table, request.parts(run.instances), executor, progress,
+                            threads)  # one request a setting
     if check and request.engine in CHECKED_ENGINES:
         summary.check = _self_check(run, request.parts(run.instances), executor, progress,
                                     threads)
@@ -96,14 +91,21 @@ def _self_check(run: RunDir, parts: list[LLCRequest], executor: Executor, progre
             0, len(last) - 1, min(len(last), check.SENSITIVITY_INSTANCES))})]
         jobs += [dataclasses.replace(reference, pairs=last, params=check.reference_params(
             part.params, part.params.gamma * factor)) for factor in check.SENSITIVITY]
-    plans = [_plan(run, table, job) for job in jobs]
+    summary = _run_requests(run, table, jobs, executor, progress, threads)
+    _record_check(run, parts)
+    return summary
+
+
+def _run_requests(run: RunDir, table: pd.DataFrame, requests: list[LLCRequest],
+                  executor: Executor, progress: bool, threads: int | None) -> LLCSummary:
+    """What `requests` ask and llc.csv (`table`) lacks, through one executor.map."""
+    plans = [_plan(run, table, request) for request in requests]
     summary = LLCSummary(sum(len(p.wanted) for p in plans),
                          sum(len(p.wanted) - len(p.todo) for p in plans), 0, 0,
                          sum(len(p.chunks) for p in plans))
     work = [p for p in plans if p.chunks]
     if work:
         _estimate(run, table, work, executor, summary, progress, threads)
-    _record_check(run, parts)
     return summary
 
 

@@ -288,17 +288,23 @@ def sgld_move(bias: bool, W: Tensor, b: Tensor, W0: Tensor, b0: Tensor, alive: T
     log_accept = -back / (2.0 * eps) + 0.5 * fwd + U - U_new
     mala = torch.exp(torch.clamp(log_accept, max=0.0))
 
-    # Health: a chain whose loss is not finite or explodes dies here; it restarts at w* and is
-    # frozen there (finite numbers in its slot from now on, so nothing can spread).
+    alive_new, W_new, b_new, loss, mala = _health(bias, alive, limit, loss, mala, W_new, W0,
+                                                  b_new, b0)
+    return W_new, b_new, alive_new, dws_W_new, dws_b_new, U_new, loss, mala
+
+
+def _health(bias: bool, alive: Tensor, limit: Tensor, loss: Tensor, mala: Tensor,
+            W_new: Tensor, W0: Tensor, b_new: Tensor, b0: Tensor) -> tuple[Tensor, ...]:
+    """A chain whose loss is not finite or explodes dies here; it restarts at w* and is frozen
+    there (finite numbers in its slot from now on, so nothing can spread).
+    -> (alive, W, b, loss, mala) with the dead chains' loss and mala NaN."""
     alive_new = alive & torch.isfinite(loss) & (loss <= limit)
-    keep = alive_new[:, None, None, :]
-    W_new = torch.where(keep, W_new, W0)
+    W_new = torch.where(alive_new[:, None, None, :], W_new, W0)
     if bias:
         b_new = torch.where(alive_new[:, None, :], b_new, b0)
     nan = torch.full_like(loss, float("nan"))
-    loss = torch.where(alive_new, loss, nan)
-    mala = torch.where(alive_new & alive, mala, nan)
-    return W_new, b_new, alive_new, dws_W_new, dws_b_new, U_new, loss, mala
+    return (alive_new, W_new, b_new, torch.where(alive_new, loss, nan),
+            torch.where(alive_new & alive, mala, nan))
 
 
 def sgld_move_rmsprop(bias: bool, W: Tensor, b: Tensor, W0: Tensor, b0: Tensor, alive: Tensor,
@@ -360,17 +366,10 @@ def sgld_move_rmsprop(bias: bool, W: Tensor, b: Tensor, W0: Tensor, b0: Tensor, 
     log_accept = 0.5 * (fwd - back) + U - U_new
     mala = torch.exp(torch.clamp(log_accept, max=0.0))
 
-    # Health, as in sgld_move
-    alive_new = alive & torch.isfinite(loss) & (loss <= limit)
-    keep = alive_new[:, None, None, :]
-    W_new = torch.where(keep, W_new, W0)
-    if bias:
-        b_new = torch.where(alive_new[:, None, :], b_new, b0)
+    alive_new, W_new, b_new, loss, mala = _health(bias, alive, limit, loss, mala, W_new, W0,
+                                                  b_new, b0)
     v_new = torch.where(alive_new[:, None, :], torch.cat([v_W_new.flatten(1, 2), v_b_new], 1),
-                        1.0)
-    nan = torch.full_like(loss, float("nan"))
-    loss = torch.where(alive_new, loss, nan)
-    mala = torch.where(alive_new & alive, mala, nan)
+                        1.0)  # a dead chain's v restarts too
     return W_new, b_new, alive_new, dws_W_new, dws_b_new, U_new, v_new, t_new, loss, mala
 
 
