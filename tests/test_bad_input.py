@@ -157,6 +157,8 @@ CASES = [
     Case("llc devinterp preconditioned", ["llc", "{run}", "--engine", "devinterp", "--precond",
                                           "rmsprop"], "--engine devinterp cannot run precond"),
     Case("llc unknown --precond", ["llc", "{run}", "--precond", "adam"], "argument --precond"),
+    Case("llc mala on minibatches", ["llc", "{run}", "--engine", "mala", "--batch-size", "10"],
+         "--engine mala reads the whole LLC dataset"),
     Case("llc bad --device", ["llc", "{run}", "--device", "toaster"], "--device 'toaster'"),
     Case("llc --device cuda without CUDA", ["llc", "{run}", "--device", "cuda"],
          "CUDA is not available"),

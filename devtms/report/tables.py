@@ -338,8 +338,8 @@ def llc_settings(data: RunData) -> pd.DataFrame | None:
 def llc_check(data: RunData) -> pd.DataFrame | None:
     """What the self-check found per setting (run.json's record, devtms.llc.check): the
     reference setting, estimates compared and usable, the bias with its standard error, the
-    verdict, the activations biased, and the reference's llc at gamma / 2, gamma, 2 gamma on
-    the last checkpoint. None when the run has no check."""
+    verdict, the most biased activations, and the reference's mean llc at gamma / 2, gamma and
+    2 gamma on the last checkpoint. None when the run has no check."""
     records = data.run.meta.get(KEY)
     if not records:
         return None
@@ -355,12 +355,12 @@ def llc_check(data: RunData) -> pd.DataFrame | None:
             "bias": (f"{100 * r['bias']:+.1f}% ± {100 * r['bias_se']:.1f}%" if r.get("n")
                      else MISSING),
             "verdict": "BIASED" if r.get("biased") else "ok" if r.get("n") else "unchecked",
-            "biased activations": ", ".join(f"{a} {100 * b:+.0f}%" for a, b in worst[:8])
-            + (" ..." if len(worst) > 8 else ""),
+            "most biased": ", ".join(f"{a} {100 * b:+.0f}%" for a, b in worst[:3])
+            + (f" (+{len(worst) - 3} more)" if len(worst) > 3 else ""),
             "gamma": sens.get("gamma"),
-            "reference llc at gamma/2, gamma, 2 gamma": (
-                " / ".join(fmt(sens[k]) for k in ("at_half", "at", "at_double"))
-                if sens.get("n") else MISSING)})
+            **{f"reference at {name}": fmt(sens[key]) if sens.get("n") else MISSING
+               for name, key in (("gamma / 2", "at_half"), ("gamma", "at"),
+                                 ("2 gamma", "at_double"))}})
     return pd.DataFrame(rows).sort_values(["plotted", "setting"], ascending=[False, True])
 
 
