@@ -91,7 +91,7 @@ def test_a_job_survives_a_killed_worker_and_still_writes_every_row(trained, tmp_
     # lands mid-job). Chunking itself may move the last float32 bits of some activations.
     request = llc.build_request(run)
     executor = KillAWorkerAfterTheFirstResult(DaskExecutor(client))
-    summary = llc.run_llc(run, request, executor, progress=False)
+    summary = llc.run_llc(run, request, executor, progress=False, check=True)
     assert executor.killed_pid is not None and executor.lost_tasks  # it was running a chunk
     assert summary.computed == summary.requested == 88 and summary.chunks == 8
     assert_runs_identical(run, trained / "reference", files=[LLC_CSV])
