@@ -51,6 +51,7 @@ import pandas as pd
 
 from devtms import llc
 from devtms.errors import UserError
+from devtms.llc.check import sample_instances
 from devtms.store import CALIBRATION_DIR, RunDir, write_csv_atomic
 
 AUTO_CSV = "auto.csv"  # in calibration/: the evidence, one row per setting measured
@@ -130,7 +131,8 @@ def build_auto_job(run: RunDir, *, instances: str | None = None, eps_grid: list[
     if not pool:
         raise UserError(f"{run.path}: every chosen instance diverged in training: nothing to "
                         "calibrate on")
-    chosen = pool if instances is not None else sample_instances(run.instances, pool)
+    chosen = pool if instances is not None else sample_instances(run.instances, pool,
+                                                                 MAX_SAMPLE)
     base = request.params
     values = CANDIDATES
     if eps_grid is not None or gamma_grid is not None:  # the user's values, at every length
@@ -142,17 +144,6 @@ def build_auto_job(run: RunDir, *, instances: str | None = None, eps_grid: list[
                   for e, g, b, d in values]
     compiled = llc.use_compile(run.config, base, "batched", compile_setting)
     return AutoJob(request.steps[0], chosen, candidates, compiled, request.device, pool=pool)
-
-
-def sample_instances(instances: pd.DataFrame, pool: list[int], limit: int = MAX_SAMPLE
-                     ) -> list[int]:
-    """Up to `limit` instances of `pool`, the same number from every condition (activation x
-    sparsity x importance), at least one each, seeds in order."""
-    table = instances[instances["instance"].isin(pool)]
-    keys = [c for c in ("activation", "sparsity", "importance_ratio") if c in table]
-    groups = [g for _, g in table.groupby(keys, sort=False)]
-    per = max(1, math.ceil(limit / len(groups)))
-    return sorted(int(i) for g in groups for i in g.sort_values("seed")["instance"][:per])
 
 
 def auto_calibrate(inputs: llc.RunInputs, job: AutoJob, say=lambda line: None) -> AutoResult:
