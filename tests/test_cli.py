@@ -51,3 +51,11 @@ def test_a_reader_that_closes_the_pipe_early_ends_devtms_quietly():
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert err == "" and proc.returncode == 1, (proc.returncode, err)
+
+
+def test_the_llc_commands_engine_choices_are_the_engines_devtms_has():
+    """commands/llc.py names the engines itself (so --help imports no torch): the same ones."""
+    from devtms.commands.llc import ENGINE_NAMES
+    from devtms.llc import ENGINES
+
+    assert set(ENGINE_NAMES) == set(ENGINES) and ENGINE_NAMES[0] == next(iter(ENGINES))

@@ -59,8 +59,8 @@ the self-check: after a batched setting is computed, a sample of its estimates a
 minimum (up to 32 instances spread over the conditions, at 3 log-spread checkpoints ending at
 the last) is also estimated with mala at the same gamma and n_beta, and at gamma / 2 and
 2 gamma on the last checkpoint. The comparison goes to RUN_DIR/calibration/check.csv and
-run.json; an estimate whose step-size bias exceeds 5% by 2 standard errors (its own, or its
-activation's at its setting) is flagged `biased` wherever the run's estimates are read
+run.json; an estimate whose step-size bias is more than 5% and more than 2 standard errors
+(its own, or its activation's at its setting) is flagged `biased` wherever the run's estimates are read
 (analyze, report, devtms.llc.choose). --no-check skips it.
 
 On Dask (--scheduler), chunks run in parallel, one per worker at a time. The default chunking

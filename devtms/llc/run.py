@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from devtms.executors import AutoExecutor, Executor, LocalExecutor
@@ -27,7 +26,7 @@ from devtms.llc.plan import auto_chunk_size, first_compiles_first, plan_chunks
 from devtms.llc.request import LLCRequest, RunInputs
 from devtms.llc.sgld import kernel_name
 from devtms.progress import progress_bar
-from devtms.store import CALIBRATION_DIR, RunDir, write_csv_atomic
+from devtms.store import CALIBRATION_DIR, RunDir, csv_bytes, write_bytes_atomic
 from devtms.threads import threads_for, torch_threads
 
 
@@ -86,13 +85,12 @@ def _self_check(run: RunDir, parts: list[LLCRequest], executor: Executor, progre
                                         params=check.reference_params(part.params),
                                         pairs=pairs, chunk_size=None, by_activation={})
         jobs.append(reference)
-        last = [(i, s) for i, s in pairs if s == max(s for _, s in pairs)]
-        last = [last[k] for k in sorted({round(x) for x in np.linspace(
-            0, len(last) - 1, min(len(last), check.SENSITIVITY_INSTANCES))})]
-        jobs += [dataclasses.replace(reference, pairs=last, params=check.reference_params(
-            part.params, part.params.gamma * factor)) for factor in check.SENSITIVITY]
+        jobs += [dataclasses.replace(reference, pairs=check.sensitivity_pairs(pairs),
+                                     params=check.reference_params(
+                                         part.params, part.params.gamma * factor))
+                 for factor in check.SENSITIVITY]
     summary = _run_requests(run, table, jobs, executor, progress, threads)
-    _record_check(run, parts)
+    _record_check(run)
     return summary
 
 
@@ -121,7 +119,7 @@ def _rows_of(table: pd.DataFrame, request: LLCRequest) -> pd.DataFrame:
     return rows[rows["instance"].isin(request.instances)]
 
 
-def _record_check(run: RunDir, parts: list[LLCRequest]) -> None:
+def _record_check(run: RunDir) -> None:
     """calibration/check.csv (every setting of llc.csv the reference has checked) and
     run.json's "llc_check" record (per setting: bias, verdict, sensitivity to gamma)."""
     table = llc_table.read_llc_table(run)
@@ -141,7 +139,9 @@ def _record_check(run: RunDir, parts: list[LLCRequest]) -> None:
                                       mine.loc[mine["step"] == last, "step"], strict=True)))
         record["reference"] = check.reference_params(params).tag(check.REFERENCE_ENGINE)
         records[setting] = record
-    write_csv_atomic(run.path / CALIBRATION_DIR / check.CHECK_CSV, pairs)
+    path = run.path / CALIBRATION_DIR / check.CHECK_CSV
+    if not path.is_file() or path.read_bytes() != csv_bytes(pairs):  # a rerun rewrites nothing
+        write_bytes_atomic(path, csv_bytes(pairs))
     run.meta[check.KEY] = records
     run.save_meta()
 
