@@ -73,6 +73,9 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=4, help="estimates devinterp is timed on")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--compile", choices=("on", "off"), default="on")
+    ap.add_argument("--precond", choices=("none", "rmsprop", "curvature"), default="none",
+                    help="the batched engine's SGLD preconditioner (devinterp's is always none; "
+                         "curvature's time includes each checkpoint's Hessian)")
     args = ap.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     torch.set_num_threads(args.threads)
@@ -91,7 +94,8 @@ def main() -> None:
     picks = np.linspace(0, len(all_steps) - 1, args.steps).round().astype(int)
     steps = sorted({all_steps[k] for k in picks})
     hp = dict(chains=args.chains, draws=args.draws, burnin=args.burnin)
-    request = llc.build_request(run, steps=",".join(map(str, steps)), overrides=hp,
+    request = llc.build_request(run, steps=",".join(map(str, steps)),
+                                overrides={**hp, "precond": args.precond},
                                 compile_setting=args.compile)
     inputs = llc.RunInputs(run, request.instances, request.steps)
     full = inputs.task(request.instances, request.steps, request)
@@ -101,7 +105,7 @@ def main() -> None:
     print(f"estimates: {len(request.instances)} instances x {len(steps)} checkpoints = {n_est}, "
           f"{args.chains} chains x ({args.burnin} burn-in + {args.draws} draws) = "
           f"{chain_steps:,} chain-steps; B={B}, n={n}, m={m}; torch threads: {args.threads}; "
-          f"compiled: {request.compiled}")
+          f"compiled: {request.compiled}; precond: {args.precond}")
 
     # one-time compile (torch caches kernels on disk; a second run of this script skips most)
     warm = dataclasses.replace(full, steps=steps[:1], W0=full.W0[:, :1], b0=full.b0[:, :1],
@@ -113,7 +117,8 @@ def main() -> None:
     # devinterp's sample: estimates spread over the activations, same hyperparameters
     k = np.linspace(0, len(request.instances) - 1, args.sample).round().astype(int)
     sample_instances = sorted({request.instances[j] for j in k})
-    sample_req = dataclasses.replace(request, engine="devinterp")
+    sample_req = dataclasses.replace(request, engine="devinterp",
+                                     params=dataclasses.replace(request.params, precond="none"))
     sample = inputs.task(sample_instances, steps[-1:], sample_req)
     sample_steps = sample.num_estimates * args.chains * (args.burnin + args.draws)
 

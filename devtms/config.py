@@ -7,7 +7,8 @@ product activation x sparsity x importance_ratio x seed, one TMS instance per co
     [data]         kind, sparsity (swept), importance_ratio (swept), n_samples, eval_samples
     [train]        steps, batch_size, optimizer, lr, ..., init, seeds (swept)
     [checkpoints]  log_points, linear_every
-    [llc]          eps, gamma, n_beta, chains, draws, burnin, batch_size, seed, n_samples, precond
+    [llc]          eps, gamma, gamma_per_n_beta, n_beta, chains, draws, burnin, batch_size, seed,
+                   n_samples, precond
 
 Unknown keys, wrong types and out-of-range values are errors that name the field:
 
@@ -40,8 +41,9 @@ if TYPE_CHECKING:
 # configs start without it (and without torch: activation names come from activation_properties).
 
 DataKind = Literal["sparse-uniform", "single-feature", "one-hot-binary"]
-# SGLD's preconditioner: none (plain SGLD) or rmsprop (pSGLD, Li et al. 2016; devtms.llc.sgld)
-Precond = Literal["none", "rmsprop"]
+# SGLD's preconditioner (devtms.llc.sgld): none (plain SGLD), rmsprop (pSGLD, Li et al. 2016) or
+# curvature (the Hessian at w*: eps is then dimensionless, relative to the posterior's width)
+Precond = Literal["none", "rmsprop", "curvature"]
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,9 @@ class LLCConfig:
     # section 4.7); run `calibrate --auto` on a new setup.
     eps: float = 3e-3  # SGLD step size epsilon
     gamma: float = 5.0  # localization strength
+    # gamma as a multiple of n_beta, replacing gamma where set: the localization then keeps its
+    # width relative to the tempered posterior's when N changes (docs/science.md, section 4.10)
+    gamma_per_n_beta: float | None = None
     n_beta: float | None = None  # inverse temperature; None: N / log N of the LLC dataset
     chains: int = 8
     draws: int = 1000  # recorded draws per chain, after burn-in
@@ -190,6 +195,9 @@ class LLCConfig:
                  "a positive number")
         _require(self.gamma >= 0 and math.isfinite(self.gamma), prefix + "gamma", self.gamma,
                  ">= 0")
+        if self.gamma_per_n_beta is not None:
+            _require(self.gamma_per_n_beta > 0 and math.isfinite(self.gamma_per_n_beta),
+                     prefix + "gamma_per_n_beta", self.gamma_per_n_beta, "a positive number")
         if self.n_beta is not None:
             _require(self.n_beta > 0, prefix + "n_beta", self.n_beta, "a positive number")
         _require(self.chains >= 1, prefix + "chains", self.chains, "an integer >= 1")

@@ -31,6 +31,7 @@ SCRIPTS = {
                          "act27_summary"],
     "chen2023_kgons.py": ["kgon_sequences", "trajectories", "kgon_loss_llc", "final_kgons"],
     "chen2023_bayes.py": ["journeys", "llc_check", "implied_llc"],
+    "llc_carry.py": ["llc_carry"],
 }
 
 

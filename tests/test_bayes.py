@@ -322,10 +322,17 @@ def test_a_run_without_llcs_or_with_m_not_2_is_refused(tmp_path, tiny_run):
 # The LLC at exact critical points: a closed-form check of the calibrated setting
 
 
-def test_chen2023_setting_lands_on_the_parameter_count_at_exact_kgon_critical_points():
-    """Chen et al.'s learning coefficients (6-gon 8.5, 5+ 8.5, 5- 7.0) at the regular k-gon
-    critical points themselves (not at trained checkpoints, which only approach them): the
-    chen2023 preset's calibrated setting must land within 10%. Measured: 8.90, 8.02, 6.90."""
+def test_chen2023_setting_agrees_with_the_exact_engine_at_exact_kgon_critical_points():
+    """At the regular k-gon critical points themselves (not at trained checkpoints, which only
+    approach them), the chen2023 preset's setting must agree with the exact engine (mala, long
+    chains) at the same gamma and n_beta within 2 combined sem + 5%, and lie within 20% of Chen
+    et al.'s learning coefficients (6-gon 8.5, 5+ 8.5, 5- 7.0; a wrong n_beta or init loss is
+    off by far more): at N = 1000 and gamma 5 the estimator's own value is 7-13% below them
+    (docs/science.md, section 4.10). The plain SGLD setting the preset had until 2026-12-08
+    met them within 10% (8.90, 8.02, 6.90) partly through its step-size bias. Measured: setting
+    7.97, 7.12, 6.51; exact 7.94, 7.40, 6.18 (2026-12-08)."""
+    import dataclasses
+
     from devtms.bayes.stage import llcs_at
     from devtms.config import load_config
     from devtms.data import DataKeys, fixed_sets
@@ -335,7 +342,16 @@ def test_chen2023_setting_lands_on_the_parameter_count_at_exact_kgon_critical_po
     config = load_config("chen2023")
     points = {s: (p.W, p.b) for s in ("6", "5+", "5-") if (p := theory.critical_point(s, 6))}
     data = fixed_sets("single-feature", DataKeys([0], [1 / 6]), 1000, 6, "train")[0]
-    found = llcs_at(points, data, torch.ones(6), Setting(LLCParams.of_run(config)), "relu", True)
+    params = LLCParams.of_run(config)
+    found = llcs_at(points, data, torch.ones(6), Setting(params), "relu", True)
+    exact_params = dataclasses.replace(params, chains=8, burnin=500, draws=3000, eps=1e-3,
+                                       batch_size=params.n_samples, precond="none")
+    exact = llcs_at(points, data, torch.ones(6), Setting(exact_params, "mala"), "relu", True)
     for label, expected in (("6", 8.5), ("5+", 8.5), ("5-", 7.0)):
-        assert found[label]["llc_critical_state"] == "healthy", found[label]
-        assert found[label]["llc_critical"] == pytest.approx(expected, rel=0.10), (label, found)
+        got, ref = found[label], exact[label]
+        assert got["llc_critical_state"] == "healthy", got
+        assert ref["llc_critical_state"] == "healthy", ref
+        se = math.hypot(got["llc_critical_sem"], ref["llc_critical_sem"])
+        assert abs(got["llc_critical"] - ref["llc_critical"]) <= 2 * se + 0.05 * ref[
+            "llc_critical"], (label, got, ref)
+        assert got["llc_critical"] == pytest.approx(expected, rel=0.20), (label, found, exact)

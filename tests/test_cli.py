@@ -39,6 +39,16 @@ def test_the_import_probe_sees_torch_when_a_command_needs_it(tmp_path):
     assert "'torch'" in result.stdout, (result.stdout, result.stderr)
 
 
+def test_python_dash_m_devtms_is_the_devtms_command():
+    """`python -m devtms` runs the same CLI, exit statuses included (2 for bad input)."""
+    ok = subprocess.run([sys.executable, "-m", "devtms", "--help"], capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0 and "devtms" in ok.stdout and "study" in ok.stdout, ok
+    bad = subprocess.run([sys.executable, "-m", "devtms", "train", "no-such-preset"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown preset 'no-such-preset'" in bad.stderr, bad
+
+
 def test_a_reader_that_closes_the_pipe_early_ends_devtms_quietly():
     """`devtms activations | head`: the pipe's reader is gone before devtms writes a byte (its
     end is closed at once), so every write meets EPIPE; devtms exits 1 without a traceback

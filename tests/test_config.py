@@ -160,3 +160,28 @@ def test_the_preconditioner_is_an_llc_value_and_an_activation_can_have_its_own(t
     for bad in ({"precond": "adam"}, {"by_activation": {"tanh": {"precond": "adam"}}}):
         with pytest.raises(UserError, match="precond = 'adam' is not allowed"):
             config_from_dict(tiny_config(llc=bad).raw)
+
+
+def test_gamma_per_n_beta_scales_the_localization_with_n_beta_and_replaces_gamma(tmp_path):
+    """[llc] gamma_per_n_beta: gamma = it x n_beta (N / log N of the LLC dataset), whatever
+    gamma says; an activation's own gamma still wins for it; the value must be positive."""
+    import math
+
+    from devtms.llc import config_settings
+    from devtms.llc.params import LLCParams
+
+    for n in (300, 5000):
+        config = config_from_dict(tiny_config(data={"n_samples": n},
+                                              llc={"gamma_per_n_beta": 0.0345, "gamma": 99.0}).raw)
+        params = LLCParams.of_run(config)
+        assert params.n_beta == pytest.approx(n / math.log(n))
+        assert params.gamma == pytest.approx(0.0345 * n / math.log(n))
+    config = config_from_dict(tiny_config(llc={"gamma_per_n_beta": 0.05, "by_activation": {
+        "tanh": {"gamma": 7.0}}}).raw)
+    settings = config_settings(config)
+    assert settings.of("tanh").params.gamma == 7.0
+    assert settings.default.params.gamma == pytest.approx(0.05 * settings.default.params.n_beta)
+    assert config_from_dict(config.to_dict()) == config
+    for bad in (-1.0, 0.0, float("inf")):
+        with pytest.raises(UserError, match="gamma_per_n_beta"):
+            config_from_dict(tiny_config(llc={"gamma_per_n_beta": bad}).raw)

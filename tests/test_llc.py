@@ -72,7 +72,7 @@ def test_batched_and_devinterp_engines_agree_within_combined_standard_error(runs
     """
     run = runs[preset]
     last = run.checkpoint_steps()[-1]
-    hp = dict(chains=8, draws=100, burnin=100, eps=1e-4, gamma=100.0)
+    hp = dict(chains=8, draws=100, burnin=100, eps=1e-4, gamma=100.0, precond="none")
     instances = list(range(len(ACTIVATIONS)))
     rows = {}
     for engine in llc.ENGINES:
@@ -127,7 +127,7 @@ def test_regular_tms_instance_lands_within_10_percent_of_d_over_2():
 def test_diverging_estimate_is_flagged_and_leaves_the_others_untouched(runs):
     run = runs["chen2023"]
     steps = run.checkpoint_steps()[-2:]
-    hp = dict(chains=6, draws=40, burnin=20, eps=3e-3)
+    hp = dict(chains=6, draws=40, burnin=20, eps=3e-3, precond="none")
     clean = llc.estimate_chunk(task_for(run, [0, 1], steps, **hp))
     task = task_for(run, [0, 1], steps, **hp)
     # a third instance: instance 1's checkpoints blown up and run through exp: its loss explodes

@@ -119,9 +119,10 @@ def test_reduced_rank_regression_lands_within_10_percent_of_aoyagi_watanabe(M, N
 # (2) a minimally singular TMS through the real batched engine
 
 
-@pytest.mark.parametrize("precond, eps", [("none", 2e-6), ("rmsprop", 1e-6)])
+@pytest.mark.parametrize("precond, eps, gamma", [("none", 2e-6, 1.0), ("rmsprop", 1e-6, 1.0),
+                                                ("curvature", 0.05, 100.0)])
 def test_overcomplete_linear_tms_at_identity_lands_within_10_percent_of_hessian_rank_over_2(
-        precond, eps):
+        precond, eps, gamma):
     """x' = W^T W x + b, n = 3 features, m = 4 >= n hidden dimensions, at W^T W = I, b = 0
     (W = 3 orthonormal columns): the model reproduces every x, loss 0 (realizable).
 
@@ -146,7 +147,14 @@ def test_overcomplete_linear_tms_at_identity_lands_within_10_percent_of_hessian_
     whole run G ~ sqrt((1 - beta2^t) / beta2^t) (0.03 at the first step, 0.8 at the end of the
     burn-in, 9.4 at the last draw): eps G grows through the draws, and eps is chosen for the
     last (eps G n_beta x curvature <= 0.25; eps = 1e-5 drifts up to 5.3, 3e-7 with 500 steps
-    of burn-in is still climbing at 4.4)."""
+    of burn-in is still climbing at 4.4).
+
+    Curvature-preconditioned at eps = 0.05 (dimensionless) needs gamma = 100: 4.64 (8 chains;
+    the exact engine gives 4.45-4.47 at this gamma, tests/test_llc_mala.py). At gamma = 1 its
+    chains diverge: the preconditioner gives the 6 flat directions steps of 1/sqrt(gamma), and
+    along the curved orbit they reach where the stiff directions' gradient, n_beta = 1e4
+    times it, acts through those large steps (eps 0.002 survives, unconverged). It is made
+    for n_beta x curvature / gamma of tens to hundreds, as in the TMS presets."""
     n, m, N = 3, 4, 1000
     x = sample_features("sparse-uniform", N, n, 0.1, generator("llc-truth", "tms-data")) * 2.0
     orthogonal = torch.linalg.qr(torch.randn(m, m, generator=generator("llc-truth", "tms-W")))[0]
@@ -167,7 +175,7 @@ def test_overcomplete_linear_tms_at_identity_lands_within_10_percent_of_hessian_
     eig = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, v_star))
     assert int((eig > 1e-6 * eig.max()).sum()) == 2 * lam
 
-    params = llc.LLCParams(eps=eps, gamma=1.0, n_beta=1e4, chains=32, draws=4000, burnin=500,
+    params = llc.LLCParams(eps=eps, gamma=gamma, n_beta=1e4, chains=32, draws=4000, burnin=500,
                            batch_size=100, seed=0, n_samples=N, precond=precond)
     task = llc.ChunkTask("batched", [0], [0], ["linear"], [0], W_star[None, None],
                          b_star[None, None], x[None], imp[None], bias=True, reduction="sum",

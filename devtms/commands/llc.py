@@ -120,9 +120,11 @@ def add_hyperparameters(p: argparse.ArgumentParser, grid: bool = False) -> None:
     g.add_argument("--burnin", type=int, help="SGLD steps discarded at the start of every chain")
     g.add_argument("--batch-size", type=int, help="SGLD minibatch size")
     g.add_argument("--seed", type=int, help="seed of the SGLD noise and minibatch order")
-    g.add_argument("--precond", choices=("none", "rmsprop"),
-                   help="SGLD's preconditioner: none (plain SGLD) or rmsprop (pSGLD: per-parameter "
-                        "steps eps / (sqrt(mean squared gradient) + 1e-8); batched engine only)")
+    g.add_argument("--precond", choices=("none", "rmsprop", "curvature"),
+                   help="SGLD's preconditioner (batched engine only): none (plain SGLD), rmsprop "
+                        "(pSGLD: per-parameter steps eps / (sqrt(mean squared gradient) + 1e-8)) "
+                        "or curvature (steps shaped by the Hessian at w*, so that eps is "
+                        "dimensionless and carries to another N or model: try eps 0.05)")
 
 
 def overrides(args: argparse.Namespace) -> dict:

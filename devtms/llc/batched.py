@@ -34,6 +34,7 @@ from devtms.activations import contiguous_groups
 from devtms.allocator import keep_freed_memory
 from devtms.data import DataKeys, FiniteBatches
 from devtms.llc import sgld
+from devtms.llc.curvature import whitening
 from devtms.llc.health import divergence_limit
 from devtms.llc.params import LLCParams
 from devtms.llc.task import ChunkResult, ChunkTask, init_losses, make_result
@@ -64,6 +65,7 @@ def batched_chunk(task: ChunkTask) -> ChunkResult:
     p = task.params
     init = init_losses(task)  # (I, S)
     I, S, m, n = task.W0.shape
+    L = preconditioner(task) if p.precond == "curvature" else None  # (I, S, D, D)
     loss = torch.empty(I, S, p.chains, p.draws)
     mala = torch.empty(I, S, p.chains)
     for act, start, stop in contiguous_groups(task.activations):
@@ -71,17 +73,33 @@ def batched_chunk(task: ChunkTask) -> ChunkResult:
         loss[sl], mala[sl] = run_chains(
             act.name, task.W0[sl], task.b0[sl], task.data[sl], task.importance[sl],
             task.instances[sl], task.seeds[sl], task.steps, init[sl], p, bias=task.bias,
-            reduction=task.reduction, compiled=task.compiled, device=task.device)
+            reduction=task.reduction, compiled=task.compiled, device=task.device,
+            L=None if L is None else L[sl])
     return make_result(task, init, loss, mala)
+
+
+def preconditioner(task: ChunkTask) -> Tensor:
+    """precond "curvature"'s L of every estimate over all of W and b, float32: the whitening
+    (devtms.llc.curvature) with b's rows and columns 0 where the model has no bias (b is not
+    sampled). -> (I, S, D, D), D = m n + n"""
+    I, S, m, n = task.W0.shape
+    L = whitening(task).float()  # (I, S, d, d)
+    if task.bias:
+        return L
+    full = L.new_zeros(I, S, m * n + n, m * n + n)
+    full[:, :, : m * n, : m * n] = L
+    return full
 
 
 def run_chains(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance: Tensor,
                instances: Sequence[int], seeds: Sequence[int], steps: Sequence[int],
                init_loss: Tensor, params: LLCParams, *, bias: bool, reduction: str,
-               compiled: bool = False, device: str = "cpu") -> tuple[Tensor, Tensor]:
+               compiled: bool = False, device: str = "cpu", L: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
     """Run every chain of the estimates instances x steps (one activation) to the end.
 
-    W0: (I, S, m, n), b0: (I, S, n), data: (I, N, n), importance: (I, n), init_loss: (I, S).
+    W0: (I, S, m, n), b0: (I, S, n), data: (I, N, n), importance: (I, n), init_loss: (I, S);
+    L: (I, S, D, D), precond "curvature"'s preconditioner (`preconditioner`).
     -> draws (I, S, chains, draws): minibatch loss before each recorded update (NaN once a chain
        diverged), and mean MALA acceptance over the draws (I, S, chains).
 
@@ -96,7 +114,8 @@ def run_chains(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance
         draws[si, ss], mala[si, ss] = _run_tile(
             activation, W0[si, ss], b0[si, ss], data[si], importance[si], instances[si],
             seeds[si], steps[ss], init_loss[si, ss], params, bias=bias,
-            reduction=reduction, compiled=compiled, device=device)
+            reduction=reduction, compiled=compiled, device=device,
+            L=None if L is None else L[si, ss])
     return draws, mala
 
 
@@ -126,18 +145,20 @@ def tile_shape(I: int, S: int, chains: int, compiled: bool, tile: int | None = N
 def _run_tile(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance: Tensor,
               instances: Sequence[int], seeds: Sequence[int], steps: Sequence[int],
               init_loss: Tensor, params: LLCParams, *, bias: bool, reduction: str,
-              compiled: bool, device: str) -> tuple[Tensor, Tensor]:
+              compiled: bool, device: str, L: Tensor | None = None) -> tuple[Tensor, Tensor]:
     if compiled and W0.shape[0] == 1:  # size-1 axes would make torch.compile specialize and
         two = [torch.cat([t, t]) for t in (W0, b0, data, importance, init_loss)]  # recompile:
         draws, mala = _run_tile(activation, *two[:4], list(instances) * 2, list(seeds) * 2,
                                 steps, two[4], params, bias=bias, reduction=reduction,
-                                compiled=True, device=device)  # run a twin, drop it
+                                compiled=True, device=device,
+                                L=None if L is None else torch.cat([L, L]))  # run a twin, drop it
         return draws[:1], mala[:1]
     if compiled and W0.shape[1] * params.chains == 1:
         two = [torch.cat([t, t], dim=1) for t in (W0, b0, init_loss)]
+        twin = None if L is None else torch.cat([L, L], dim=1)
         draws, mala = _run_tile(activation, two[0], two[1], data, importance, instances, seeds,
                                 list(steps) * 2, two[2], params, bias=bias, reduction=reduction,
-                                compiled=True, device=device)
+                                compiled=True, device=device, L=twin)
         return draws[:, :1], mala[:, :1]
     p, dev = params, torch.device(device)
     I, S, m, n = W0.shape
@@ -150,7 +171,7 @@ def _run_tile(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance:
 
     limit = divergence_limit(init_loss)  # (I, S)
     state = sgld.ChainState.start(chain_layout(W0), chain_layout(b0), chain_layout(limit),
-                                  p.precond)
+                                  p.precond, None if L is None else chain_layout(L))
     features = n if reduction == "mean" else 1
     B = p.batch_size
     hp = torch.tensor([p.eps, p.gamma, p.n_beta, 2.0 / (B * features), 1.0 / (B * features)],

@@ -1,4 +1,5 @@
-"""The loss around a checkpoint, to second order: what explains a descent below it?
+"""The loss around a checkpoint, to second order: what explains a descent below it, and the
+preconditioner (`whitening`) that makes the posterior there about a unit Gaussian.
 
 An LLC estimate needs w* at a local minimum. When the chains descend below L_N(w*) instead
 (`not_at_minimum`), the loss's gradient g and Hessian H at w* say what explains the descent
@@ -27,10 +28,12 @@ does not explain. No health rule reads these numbers (docs/science.md, section 4
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from devtms import model as tms
@@ -42,6 +45,7 @@ if TYPE_CHECKING:  # task.py assembles rows with these functions
 
 Tensor = torch.Tensor
 
+PRECISION_FLOOR = 1e-6  # of the largest: a direction the preconditioner cannot see stays finite
 MAX_HESSIAN_PARAMS = 512  # larger models get no Hessian (hess_min NaN)
 GRADIENT_BLOCK = 2**22  # float64 elements of data copies per batched gradient call (32 MiB)
 FD_STEP = 1e-6  # forward differences of the exact gradient, relative to max(1, |w*|): in
@@ -139,3 +143,30 @@ def gradient_function(task: ChunkTask, i: int) -> Callable[[Tensor], Tensor]:
         return torch.cat([dW.flatten(1), db], 1) if task.bias else dW.flatten(1)
 
     return lambda theta: torch.cat([block(part) for part in theta.split(rows)])
+
+
+def whitening(task: ChunkTask) -> Tensor:
+    """The fixed preconditioner of every estimate: L with L L^T = (n_beta H+ + gamma)^-1, where
+    H+ is the Hessian of L_N at w* with its negative eigenvalues set to 0. -> (I, S, d, d)
+
+    It makes the posterior about isotropic near w* (the stiff directions n_beta x curvature,
+    the flat ones gamma), so one step size serves every direction: the exact engine's
+    (devtms.llc.mala; MALA with a fixed preconditioner is as exact as without one) and SGLD's
+    under precond = "curvature" (devtms.llc.sgld), whose eps is then dimensionless. Where the
+    Hessian is not known (not finite, or a model too large for it): the identity, scaled to
+    gamma alone.
+    """
+    p = task.params
+    I, S, m, n = task.W0.shape
+    d = num_parameters(m, n, task.bias)
+    out = torch.empty(I, S, d, d, dtype=torch.float64)
+    for i, s in np.ndindex(I, S):
+        H = hessian(task, i, s)
+        if H is None:
+            out[i, s] = torch.eye(d, dtype=torch.float64) / math.sqrt(max(p.gamma, 1.0))
+            continue
+        curvature, V = torch.linalg.eigh(H)
+        precision = p.n_beta * curvature.clamp(min=0.0) + p.gamma
+        precision = precision.clamp(min=PRECISION_FLOOR * float(precision.max()))
+        out[i, s] = V * precision.rsqrt()  # V diag(precision^-1/2)
+    return out

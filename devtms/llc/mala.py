@@ -14,7 +14,7 @@ bias. The estimate is the LLC's definition, n_beta (E_p[L_N(w)] - L_N(w*)): the 
 full-batch loss over the draws after burn-in, mean over chains (devtms.llc.health).
 
 Two things make it affordable and make one step size serve every direction:
-- **A fixed preconditioner** (`whitening`): the chains move in z, w = w* + L z, with
+- **A fixed preconditioner** (`devtms.llc.curvature.whitening`): the chains move in z, w = w* + L z, with
   L L^T = (n_beta H+ + gamma)^-1 from the Hessian at w* (negative curvature clipped to 0), in
   which the posterior near w* is about a unit Gaussian. MALA with any fixed preconditioner is
   as exact as without one. In z, with h the step:
@@ -43,15 +43,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from devtms import model as tms
 from devtms.activations import contiguous_groups
 from devtms.allocator import keep_freed_memory
 from devtms.llc.batched import NOISE_BLOCK, tile_shape, tiles
-from devtms.llc.curvature import hessian
-from devtms.llc.params import LLC_REDUCTION, LLCParams, num_parameters
+from devtms.llc.curvature import whitening
+from devtms.llc.params import LLC_REDUCTION, LLCParams
 from devtms.llc.task import ChunkResult, ChunkTask, init_losses, make_result
 from devtms.rng import generator
 
@@ -63,7 +62,6 @@ TARGET_ACCEPTANCE = 0.6  # near MALA's optimal 0.574 (Roberts and Rosenthal 1998
 # log(10 h0), its strength, the iterations it is damped over, the averaging's decay
 DA_SHRINK, DA_GAMMA, DA_T0, DA_KAPPA = 10.0, 0.05, 10.0, 0.75
 H0 = 0.5  # the step the adaptation starts from, in the preconditioned (whitened) coordinates
-PRECISION_FLOOR = 1e-6  # of the largest: a direction the preconditioner cannot see stays finite
 TILE_SAMPLES = 160_000  # chains x dataset samples per kernel call (larger tiles pay less of
 # the update's per-call overhead; 4x the SGLD tile)
 
@@ -84,31 +82,6 @@ def mala_chunk(task: ChunkTask) -> ChunkResult:
             task.instances[sl], task.seeds[sl], task.steps, p, bias=task.bias,
             reduction=task.reduction, device=task.device)
     return make_result(task, init, loss, accept)
-
-
-def whitening(task: ChunkTask) -> Tensor:
-    """The fixed preconditioner of every estimate: L with L L^T = (n_beta H+ + gamma)^-1, where
-    H+ is the Hessian of L_N at w* with its negative eigenvalues set to 0. -> (I, S, d, d)
-
-    MALA with a fixed preconditioner is as exact as without one; this one makes the posterior
-    about isotropic near w* (the stiff directions n_beta x curvature, the flat ones gamma), so
-    one step size serves every direction. Where the Hessian is not known (not finite, or a
-    model too large for it): the identity, scaled to gamma alone.
-    """
-    p = task.params
-    I, S, m, n = task.W0.shape
-    d = num_parameters(m, n, task.bias)
-    out = torch.empty(I, S, d, d, dtype=torch.float64)
-    for i, s in np.ndindex(I, S):
-        H = hessian(task, i, s)
-        if H is None:
-            out[i, s] = torch.eye(d, dtype=torch.float64) / math.sqrt(max(p.gamma, 1.0))
-            continue
-        curvature, V = torch.linalg.eigh(H)
-        precision = p.n_beta * curvature.clamp(min=0.0) + p.gamma
-        precision = precision.clamp(min=PRECISION_FLOOR * float(precision.max()))
-        out[i, s] = V * precision.rsqrt()  # V diag(precision^-1/2)
-    return out
 
 
 def run_mala(activation: str, W0: Tensor, b0: Tensor, L: Tensor, data: Tensor,

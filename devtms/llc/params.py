@@ -47,14 +47,15 @@ class LLCParams:
     batch_size: int
     seed: int
     n_samples: int  # N: the size of the LLC dataset the losses are measured on
-    precond: str = "none"  # config.Precond: plain SGLD, or "rmsprop" (devtms.llc.sgld)
+    precond: str = "none"  # config.Precond: plain SGLD, "rmsprop" or "curvature" (llc.sgld)
 
     @classmethod
     def resolve(cls, llc: LLCConfig, n_samples: int) -> LLCParams:
         """n_beta None -> N / log N of the LLC dataset (devtms's default; devinterp's is B / log B),
-        on the scale of LLC_REDUCTION's loss."""
+        on the scale of LLC_REDUCTION's loss; gamma_per_n_beta set -> gamma = it x n_beta."""
         n_beta = llc.n_beta if llc.n_beta is not None else n_samples / math.log(n_samples)
-        return cls(eps=float(llc.eps), gamma=float(llc.gamma), n_beta=float(n_beta),
+        gamma = llc.gamma if llc.gamma_per_n_beta is None else llc.gamma_per_n_beta * n_beta
+        return cls(eps=float(llc.eps), gamma=float(gamma), n_beta=float(n_beta),
                    chains=llc.chains, draws=llc.draws, burnin=llc.burnin,
                    batch_size=llc.batch_size, seed=llc.seed, n_samples=n_samples,
                    precond=llc.precond)

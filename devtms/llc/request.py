@@ -102,8 +102,9 @@ def build_request(run: RunDir, *, instances: str | None = None, steps: str | Non
                         f"(N = {params.n_samples})")
     if engine == "devinterp" and any(p.precond != "none"
                                      for p in (params, *by_activation.values())):
-        raise UserError("--engine devinterp cannot run precond = 'rmsprop' (devinterp's SGLD "
-                        "has no preconditioner): pass --precond none, or use --engine batched")
+        raise UserError("--engine devinterp cannot run a preconditioned setting (devinterp's "
+                        "SGLD has no preconditioner): pass --precond none, or use --engine "
+                        "batched")
     if engine == "devinterp":
         try:
             import devinterp  # noqa: F401

@@ -18,6 +18,18 @@ only, not the localization's), at SGLD step t = 1, 2, ...:
 
 with beta2 = RMSPROP_BETA2 and delta = RMSPROP_DELTA (`psgld_update`, `tms_sgld_step_rmsprop`).
 
+Curvature-preconditioned SGLD (precond = "curvature") takes the same unadjusted step in the
+coordinates z where the posterior near w* is about a unit Gaussian: w = w* + L z with
+L L^T = (n_beta H+ + gamma)^-1 from the Hessian at w* (devtms.llc.curvature.whitening, the
+exact engine's preconditioner). In w, with P = L L^T fixed per estimate:
+
+    w <- w - eps/2 * P (n_beta grad L_batch(w) + gamma * (w - w*)) + sqrt(eps) * L Normal(0, 1)
+
+Its eps is dimensionless: the step's size relative to the posterior's width in every
+direction, so its bias (about eps/4 of the llc on a quadratic basin, plus the minibatch's
+share) does not grow with n_beta, the number of features or the data, and a calibrated eps
+carries to another run (`sgld_move_curvature`, `tms_sgld_step_curvature`).
+
 Chain layout. A step advances every chain of a group of instances that share one activation.
 The chain axis comes LAST, because it is the axis that vectorises (it is long; m and n are tiny):
 
@@ -157,6 +169,9 @@ class ChainState:
     dws_W, dws_b, xi, U: the previous step's drift, noise and potential (for MALA).
     RMSProp-preconditioned chains only (None otherwise): v: (I, m n + n, P) the running mean of
     squared loss gradients (W flattened, then b, as xi), t: () the steps taken so far.
+    Curvature-preconditioned chains only (None otherwise): L: (I, m n + n, m n + n, P) each
+    chain's preconditioner (b's rows and columns 0 without a bias); their dws_W, dws_b hold the
+    whitened drift L^T dws, which is what their MALA term reads.
     """
 
     W: Tensor
@@ -171,11 +186,13 @@ class ChainState:
     U: Tensor
     v: Tensor | None = None
     t: Tensor | None = None
+    L: Tensor | None = None
 
     @classmethod
-    def start(cls, W0: Tensor, b0: Tensor, limit: Tensor, precond: str = "none") -> ChainState:
+    def start(cls, W0: Tensor, b0: Tensor, limit: Tensor, precond: str = "none",
+              L: Tensor | None = None) -> ChainState:
         """All chains at w*. W0: (I, m, n, P), b0: (I, n, P), limit: (I, P); precond: the
-        step's (`step_function`)."""
+        step's (`step_function`); L: precond "curvature"'s preconditioner, (I, D, D, P)."""
         I, m, n, P = W0.shape
         zeros = W0.new_zeros
         alive = torch.ones(I, P, dtype=torch.bool, device=W0.device)
@@ -183,11 +200,17 @@ class ChainState:
                     zeros(I, n, P), zeros(I, m * n + n, P), zeros(I, P))
         if precond == "rmsprop":
             state.v, state.t = W0.new_ones(I, m * n + n, P), zeros(())
+        if precond == "curvature":
+            if L is None or L.shape != (I, m * n + n, m * n + n, P):
+                raise ValueError("precond 'curvature' needs L of shape (I, m n + n, m n + n, P)")
+            state.L = L
         return state
 
     def tensors(self) -> tuple[Tensor, ...]:
         plain = (self.W, self.b, self.W0, self.b0, self.alive, self.limit, self.dws_W,
                  self.dws_b, self.xi, self.U)
+        if self.L is not None:
+            return (*plain, self.L)
         return plain if self.v is None else (*plain, self.v, self.t)
 
     def advance(self, x: Tensor, imp: Tensor, noise: Tensor, hp: Tensor,
@@ -373,6 +396,56 @@ def sgld_move_rmsprop(bias: bool, W: Tensor, b: Tensor, W0: Tensor, b0: Tensor, 
     return W_new, b_new, alive_new, dws_W_new, dws_b_new, U_new, v_new, t_new, loss, mala
 
 
+def sgld_move_curvature(bias: bool, W: Tensor, b: Tensor, W0: Tensor, b0: Tensor,
+                        alive: Tensor, limit: Tensor, gz_W: Tensor, gz_b: Tensor, xi: Tensor,
+                        U: Tensor, L: Tensor, loss: Tensor, dW: Tensor, db: Tensor,
+                        noise: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
+    """`sgld_move` preconditioned by the curvature at w* (the module's docstring). Pure.
+
+    L: (I, D, D, P), D = m n + n, each chain's preconditioner (b's rows 0 without a bias, so b
+    stays at b*); gz_W, gz_b: the previous step's whitened drift L^T dws (W's part, b's part);
+    the rest as in `sgld_move`. -> (W, b, alive, gz_W, gz_b, U, loss, mala): `sgld_move`'s,
+    with the whitened drift in place of the drift.
+
+    MALA: with P = L L^T fixed, the reverse proposal's standard normal residual is
+    sqrt(eps)/2 L^T (dws_{t-1} + dws_t) - xi_{t-1}: exact, as for plain SGLD.
+    """
+    eps, gamma, n_beta = hp[0], hp[1], hp[2]
+    I, m, n, P = W.shape
+    w = torch.cat([W.flatten(1, 2), b], 1)  # (I, D, P)
+    w0 = torch.cat([W0.flatten(1, 2), b0], 1)
+    dws = n_beta * torch.cat([dW.flatten(1, 2), db], 1) + gamma * (w - w0)  # (I, D, P)
+    gz = fixed_sum(L * dws[:, :, None], 1)  # L^T dws: (I, D, P)
+    step = (eps ** 0.5) * noise - (0.5 * eps) * gz  # the move in z
+    w_new = w + fixed_sum(L * step[:, None], 2)  # w + L (sqrt(eps) xi - eps/2 L^T dws)
+    W_new = w_new[:, : m * n].unflatten(1, (m, n))
+    b_new = w_new[:, m * n :] if bias else b
+    U_new = n_beta * loss + 0.5 * gamma * fixed_sum((w - w0).square(), 1)  # (I, P)
+
+    gz_prev = torch.cat([gz_W.flatten(1, 2), gz_b], 1)
+    back = fixed_sum(((0.5 * eps ** 0.5) * (gz_prev + gz) - xi).square(), 1)  # (I, P)
+    log_accept = 0.5 * (fixed_sum(xi.square(), 1) - back) + U - U_new
+    mala = torch.exp(torch.clamp(log_accept, max=0.0))
+
+    alive_new, W_new, b_new, loss, mala = _health(bias, alive, limit, loss, mala, W_new, W0,
+                                                  b_new, b0)
+    return (W_new, b_new, alive_new, gz[:, : m * n].unflatten(1, (m, n)), gz[:, m * n :], U_new,
+            loss, mala)
+
+
+def tms_sgld_step_curvature(act: Activation, bias: bool, W: Tensor, b: Tensor, W0: Tensor,
+                            b0: Tensor, alive: Tensor, limit: Tensor, gz_W: Tensor,
+                            gz_b: Tensor, xi: Tensor, U: Tensor, L: Tensor, x: Tensor,
+                            imp: Tensor, noise: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
+    """`tms_sgld_step` preconditioned by the curvature: `loss_and_grad` then
+    `sgld_move_curvature`. Pure. L as in `ChainState`, the rest as in `tms_sgld_step`.
+    -> (W, b, alive, gz_W, gz_b, xi, U, loss, mala)"""
+    loss, dW, db = loss_and_grad(act, W, b, x, imp, hp)
+    moved = sgld_move_curvature(bias, W, b, W0, b0, alive, limit, gz_W, gz_b, xi, U, L, loss,
+                                dW, db, noise, hp)
+    return *moved[:5], noise, *moved[5:]
+
+
 def tms_sgld_step(act: Activation, bias: bool, W: Tensor, b: Tensor, W0: Tensor, b0: Tensor,
                   alive: Tensor, limit: Tensor, dws_W: Tensor, dws_b: Tensor, xi: Tensor, U: Tensor,
                   x: Tensor, imp: Tensor, noise: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
@@ -414,6 +487,9 @@ def tms_sgld_step_rmsprop(act: Activation, bias: bool, W: Tensor, b: Tensor, W0:
 # Compiled or eager: one step function per (activation, bias)
 
 
+PRECONDITIONERS = ("none", "rmsprop", "curvature")  # config.Precond
+
+
 def step_function(activation: str, bias: bool, compiled: bool, precond: str = "none"
                   ) -> Callable[..., tuple[Tensor, ...]]:
     """The step for one activation: `fn(*state, x, imp, noise, hp)` (state: `ChainState`'s
@@ -426,61 +502,34 @@ def step_function(activation: str, bias: bool, compiled: bool, precond: str = "n
       its family (`activations.Family`, their constants an input): 3-5 s from a cold cache
       (activations27's 29 activations: 21 kernels; the llc_throughput warm-up 155 s -> 124 s,
       and a family member's step runs within a few percent of its own kernel's);
-    - `sgld_move` once for all activations (per bias).
+    - the move (`sgld_move`, or the preconditioned `sgld_move_rmsprop`, `sgld_move_curvature`)
+      once for all activations (per bias), when first asked for.
     One kernel fusing the whole step cost 13-16 s per activation to compile (activations27's
     29 kernels: 445 s against 141 s split, benchmarks/llc_throughput.py's warm-up, 2026-12-03);
     the halves exchange only (I, P)-sized tensors and the gradient, and give that kernel's
     numbers bit for bit. The price is a second call per step: ~75 us, about 4.5% of a step
     over the 29 activations at the engine's tile size.
-
-    precond "rmsprop": the preconditioned step (`tms_sgld_step_rmsprop`), its second half
-    `sgld_move_rmsprop`, compiled once per bias when first asked for.
     """
-    if precond not in ("none", "rmsprop"):
+    if precond not in PRECONDITIONERS:
         raise ValueError(f"unknown SGLD preconditioner {precond!r}")  # config validates it
     act = get_activation(activation)
+    eager_step, move, dynamic, outputs = _STEPS[precond]
     if not compiled:
-        if precond == "rmsprop":
-            return lambda *args: tms_sgld_step_rmsprop(act, bias, *args)
-        return lambda *args: tms_sgld_step(act, bias, *args)
+        return lambda *args: eager_step(act, bias, *args)
 
     first = loss_and_grad_function(activation, compiled=True)
-    if precond == "rmsprop":
-        return _rmsprop_step(first, bias)
 
-    def move(*args: Tensor) -> tuple[Tensor, ...]:
-        return sgld_move(bias, *args)
+    def bound(*args: Tensor) -> tuple[Tensor, ...]:
+        return move(bias, *args)
 
-    second = compile_once(("sgld_move", bias), lambda: _compiled(
-        with_own_code(move, f"sgld_move_{int(bias)}"), MOVE_DYNAMIC, outputs=8))
+    second = compile_once((move.__name__, bias), lambda: _compiled(
+        with_own_code(bound, f"{move.__name__}_{int(bias)}"), dynamic, outputs))
 
-    def step(W: Tensor, b: Tensor, W0: Tensor, b0: Tensor, alive: Tensor, limit: Tensor,
-             dws_W: Tensor, dws_b: Tensor, xi: Tensor, U: Tensor, x: Tensor, imp: Tensor,
-             noise: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
+    def step(*args: Tensor) -> tuple[Tensor, ...]:
+        # args: W, b, the rest of the state, x, imp, noise, hp
+        W, b, state, (x, imp, noise, hp) = args[0], args[1], args[2:-4], args[-4:]
         loss, dW, db = first(W, b, x, imp, hp)
-        moved = second(W, b, W0, b0, alive, limit, dws_W, dws_b, xi, U, loss, dW, db, noise, hp)
-        return *moved[:5], noise, *moved[5:]
-
-    return step
-
-
-def _rmsprop_step(first: Callable[..., tuple[Tensor, ...]], bias: bool
-                  ) -> Callable[..., tuple[Tensor, ...]]:
-    """`step_function`'s compiled preconditioned step around the loss-and-gradient kernel
-    `first`: `fn(*state, v, t, x, imp, noise, hp)`."""
-    def move(*args: Tensor) -> tuple[Tensor, ...]:
-        return sgld_move_rmsprop(bias, *args)
-
-    second = compile_once(("sgld_move_rmsprop", bias), lambda: _compiled(
-        with_own_code(move, f"sgld_move_rmsprop_{int(bias)}"), MOVE_RMSPROP_DYNAMIC,
-        outputs=10))
-
-    def step(W: Tensor, b: Tensor, W0: Tensor, b0: Tensor, alive: Tensor, limit: Tensor,
-             dws_W: Tensor, dws_b: Tensor, xi: Tensor, U: Tensor, v: Tensor, t: Tensor,
-             x: Tensor, imp: Tensor, noise: Tensor, hp: Tensor) -> tuple[Tensor, ...]:
-        loss, dW, db = first(W, b, x, imp, hp)
-        moved = second(W, b, W0, b0, alive, limit, dws_W, dws_b, xi, U, v, t, loss, dW, db,
-                       noise, hp)
+        moved = second(W, b, *state, loss, dW, db, noise, hp)
         return *moved[:5], noise, *moved[5:]
 
     return step
@@ -529,6 +578,14 @@ _CHAINS = (0, -1)
 FIRST_DYNAMIC = (_CHAINS, _CHAINS, (0, 1), (0,), (), ())  # W, b, x, imp, hp, constants
 MOVE_DYNAMIC = (*[_CHAINS] * 14, ())  # W, ..., U, loss, dW, db, noise; hp
 MOVE_RMSPROP_DYNAMIC = (*[_CHAINS] * 11, (), *[_CHAINS] * 4, ())  # W, ..., U, v; t; loss, ...
+MOVE_CURVATURE_DYNAMIC = (*[_CHAINS] * 15, ())  # W, ..., U, L, loss, dW, db, noise; hp
+
+# per preconditioner: (eager step, move, the move's dynamic axes, the move's outputs)
+_STEPS = {
+    "none": (tms_sgld_step, sgld_move, MOVE_DYNAMIC, 8),
+    "rmsprop": (tms_sgld_step_rmsprop, sgld_move_rmsprop, MOVE_RMSPROP_DYNAMIC, 10),
+    "curvature": (tms_sgld_step_curvature, sgld_move_curvature, MOVE_CURVATURE_DYNAMIC, 8),
+}
 
 
 def _compiled(fn: Callable[..., tuple[Tensor, ...]], dynamic: tuple[tuple[int, ...], ...],
