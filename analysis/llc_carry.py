@@ -159,11 +159,11 @@ def figure(table: pd.DataFrame, out, pdf: bool) -> None:
         ax.axhline(HALF_D, color="C3", lw=1, ls=":", label="d/2 = 9")
         ax.set_xticks(range(len(ns)), [str(n) for n in ns])
         ax.set_xlabel("training set size N")
-        ax.set_title(f"{k} at the last checkpoint (bars: 2 sem)")
+        ax.set_title(f"{'6-gon' if k == '6' else k} at the last checkpoint (bars: 2 sem)")
     np.atleast_1d(axes)[0].set_ylabel("LLC")
     np.atleast_1d(axes)[0].legend(loc="lower right", frameon=False)
-    fig.suptitle("chen2023's [llc] on runs with another N: curvature-preconditioned SGLD "
-                 "against the exact engine")
+    fig.suptitle("chen2023's [llc] on runs with another N: SGLD (curvature-preconditioned) "
+                 "against the exact engine", fontsize=9.5)
     save(fig, out, "llc_carry", pdf)
 
 
