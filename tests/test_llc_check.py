@@ -112,3 +112,18 @@ def test_an_estimate_with_no_basin_is_neither_sampled_nor_flagged(state):
     ref = rows(check.reference_params(SGLD), "mala", {(0, 100): (8.0, 0.05)}, ACT)
     out = check.annotate(sgld, pd.concat([sgld, ref], ignore_index=True), D)
     assert not out["biased"].any()
+
+
+def test_a_single_comparison_is_judged_by_students_t_with_welchs_degrees_of_freedom():
+    """Two 4-chain estimates of equal sem: 6 degrees of freedom, t = 2.447; one sem dominating:
+    the 4-chain side's 3, t -> 3.18; many chains: the normal's 1.96, floored at 2. A 6% difference
+    at z = 2.3 between 4-chain estimates is then no evidence of bias (it was at z > 2); at z = 3.5
+    it is."""
+    import numpy as np
+
+    limit = check.welch_limit(np.array([0.1, 0.1, 0.1]), np.array([4, 4, 1000]),
+                              np.array([0.1, 1e-6, 0.1]), np.array([4, 4, 1000]))
+    np.testing.assert_allclose(limit, [2.4469, 3.1824, 2.0], atol=1e-3)
+    flags = check.is_biased(np.array([0.3, 0.3]), np.array([0.06, 0.06]), np.array([2.3, 3.5]),
+                            0.1, np.array([limit[0], limit[0]]))
+    assert flags.tolist() == [False, True]
