@@ -55,7 +55,7 @@ from devtms.llc.params import LLCParams
 REFERENCE_CHAINS, REFERENCE_BURNIN, REFERENCE_DRAWS = 4, 600, 1400
 MAX_INSTANCES = 16  # compared per setting, spread over the conditions
 CHECK_STEPS = 3  # log-spread checkpoints, the last among them
-SENSITIVITY_INSTANCES = 8  # of the last checkpoint's sample
+SENSITIVITY_INSTANCES = 4  # of the last checkpoint's sample
 BIAS_TOL = 0.05
 BIAS_Z = 2.0
 FLAT_FLOOR = 0.02  # of d/2: a difference below it is no bias (an LLC near 0)
