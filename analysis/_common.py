@@ -167,15 +167,21 @@ def llc(run: RunDir, log: Clock, extra: Sequence[str] = ()) -> pd.DataFrame:
     if default_job_complete(run):
         log(f"{run.path.name}: LLC complete, skipped")
     else:
-        log(f"{run.path.name}: devtms llc {' '.join(extra)}")
-        t0 = time.time()
-        env = {**SUBPROCESS_ENV, "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1")}
-        r = subprocess.run([sys.executable, "-m", "devtms.cli", "llc", str(run.path), *extra],
-                           env=env)
-        if r.returncode != 0:
-            sys.exit(f"`devtms llc {run.path}` failed with status {r.returncode}")
-        log(f"{run.path.name}: LLC estimated in {time.time() - t0:.0f}s")
+        run_llc_command(run, log, extra)
     return default_llc_rows(RunDir.open(run.path))
+
+
+def run_llc_command(run: RunDir, log: Clock, extra: Sequence[str] = ()) -> None:
+    """`devtms llc RUN_DIR EXTRA...` in a subprocess (it computes only what llc.csv lacks);
+    the script exits with its status if it fails."""
+    log(f"{run.path.name}: devtms llc {' '.join(extra)}")
+    t0 = time.time()
+    env = {**SUBPROCESS_ENV, "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1")}
+    r = subprocess.run([sys.executable, "-m", "devtms.cli", "llc", str(run.path), *extra],
+                       env=env)
+    if r.returncode != 0:
+        sys.exit(f"`devtms llc {run.path} {' '.join(extra)}` failed with status {r.returncode}")
+    log(f"{run.path.name}: LLC estimated in {time.time() - t0:.0f}s")
 
 
 def default_llc_rows(run: RunDir) -> pd.DataFrame:

@@ -23,20 +23,19 @@ from __future__ import annotations
 import datetime
 import platform
 import subprocess
-import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from _common import (
     REPO,
-    SUBPROCESS_ENV,
     Clock,
     analyze,
     config,
     llc,
     output_root,
     parser,
+    run_llc_command,
     save,
     train,
 )
@@ -81,13 +80,8 @@ def exact_rows(run: RunDir, log: Clock, chains: int, burnin: int, draws: int) ->
     -> its rows of llc.csv at that setting."""
     from devtms.llc import read_llc_table
 
-    extra = ["--steps", "last", "--engine", "mala", "--chains", str(chains), "--burnin",
-             str(burnin), "--draws", str(draws), "--no-check"]
-    log(f"{run.path.name}: devtms llc {' '.join(extra)}")
-    r = subprocess.run([sys.executable, "-m", "devtms.cli", "llc", str(run.path), *extra],
-                       env={**SUBPROCESS_ENV, "TQDM_DISABLE": "1"})
-    if r.returncode != 0:
-        sys.exit(f"`devtms llc {run.path} --engine mala` failed with status {r.returncode}")
+    run_llc_command(run, log, ["--steps", "last", "--engine", "mala", "--chains", str(chains),
+                               "--burnin", str(burnin), "--draws", str(draws), "--no-check"])
     table = read_llc_table(RunDir.open(run.path))
     last = run.checkpoint_steps()[-1]
     rows = table[(table.engine == "mala") & (table.step == last) & (table.num_chains == chains)

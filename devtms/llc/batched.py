@@ -155,10 +155,10 @@ def _run_tile(activation: str, W0: Tensor, b0: Tensor, data: Tensor, importance:
         return draws[:1], mala[:1]
     if compiled and W0.shape[1] * params.chains == 1:
         two = [torch.cat([t, t], dim=1) for t in (W0, b0, init_loss)]
-        twin = None if L is None else torch.cat([L, L], dim=1)
         draws, mala = _run_tile(activation, two[0], two[1], data, importance, instances, seeds,
                                 list(steps) * 2, two[2], params, bias=bias, reduction=reduction,
-                                compiled=True, device=device, L=twin)
+                                compiled=True, device=device,
+                                L=None if L is None else torch.cat([L, L], dim=1))
         return draws[:, :1], mala[:, :1]
     p, dev = params, torch.device(device)
     I, S, m, n = W0.shape
